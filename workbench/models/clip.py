@@ -1,0 +1,145 @@
+"""HookedCLIP: both towers of an open_clip CLIP behind one TransformerLens-style hook namespace."""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+
+from .preprocess import OPENAI_MEAN, OPENAI_STD, Preprocess
+from .text import HookedTextTransformer
+from .vit import HookedViT
+
+TextInput = Union[str, Sequence[str], Tensor]
+
+
+class HookedCLIP(HookedRootModule):
+    """A CLIP model with hooks everywhere.
+
+    Image-tower hooks keep their bare TransformerLens names (`blocks.3.attn.hook_z`, `hook_image_embed`);
+    text-tower hooks live under `text.` (`text.blocks.0.hook_resid_post`, `text.hook_text_embed`).
+    `run_with_cache`, `run_with_hooks` and `hooks()` work as in transformer_lens:
+
+        embed, cache = model.run_with_cache(images, names_filter=lambda n: n.endswith("hook_cls_result"))
+        embed, cache = model.run_with_cache(text=["a photo of a nurse"])
+
+    Attributes: `visual` (HookedViT), `text` (HookedTextTransformer), `logit_scale`, `preprocess`,
+    `tokenizer`, `name` and `pretrained` (provenance, used by intervention specs).
+    """
+
+    def __init__(self, visual: HookedViT, text: Optional[HookedTextTransformer], logit_scale: float = 100.0,
+                 logit_bias: Optional[float] = None, preprocess: Optional[Preprocess] = None, tokenizer=None,
+                 name: str = "custom", pretrained: Optional[str] = None):
+        super().__init__()
+        self.visual = visual
+        self.text = text
+        self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale)))
+        self.logit_bias = None if logit_bias is None else nn.Parameter(torch.tensor(float(logit_bias)))
+        self.preprocess = preprocess or Preprocess(visual.cfg.image_size)
+        self.tokenizer = tokenizer
+        self.name, self.pretrained = name, pretrained
+        self._fingerprint: Optional[str] = None
+        self.setup()
+
+    def setup(self):
+        # Merge the towers' dictionaries rather than walking modules, so names stay as each tower defines them.
+        self.mod_dict, self.hook_dict = {}, {}
+        for tower in (self.visual, self.text):
+            if tower is not None:
+                tower.setup()
+                self.mod_dict.update(tower.mod_dict)
+                self.hook_dict.update(tower.hook_dict)
+
+    @classmethod
+    def from_open_clip(cls, model: nn.Module, *, preprocess=None, tokenizer=None, name: str = "custom",
+                       pretrained: Optional[str] = None) -> "HookedCLIP":
+        """Convert an instantiated open_clip `CLIP` (or `CustomTextCLIP`); config is read from its modules."""
+        from .convert import convert_text, convert_visual
+
+        visual = convert_visual(model.visual)
+        text = convert_text(model)
+        scale = model.logit_scale.detach().exp().item() if hasattr(model, "logit_scale") else 100.0
+        bias = model.logit_bias.item() if getattr(model, "logit_bias", None) is not None else None
+        if preprocess is None:
+            pp = getattr(model.visual, "preprocess_cfg", None) or {}
+            preprocess = Preprocess(visual.cfg.image_size, pp.get("mean") or OPENAI_MEAN, pp.get("std") or OPENAI_STD)
+        if tokenizer is None and text.cfg.vocab_size == 49408:
+            from open_clip.tokenizer import SimpleTokenizer
+
+            tokenizer = SimpleTokenizer(context_length=text.cfg.n_ctx)
+        hooked = cls(visual, text, scale, bias, preprocess, tokenizer, name, pretrained)
+        return hooked.to(next(model.parameters()).device)
+
+    # ------------------------------------------------------------------ encoding
+    def tokenize(self, texts: Union[str, Sequence[str]]) -> Tensor:
+        """Strings → token ids [b, n_ctx] on the model's device."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer; pass token ids [b, n_ctx] or construct it with tokenizer=...")
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def encode_image(self, images: Tensor, normalize: bool = False) -> Tensor:
+        """images [b, 3, H, W] (preprocessed) → [b, d_embed]."""
+        x = self.visual(images.to(self.device))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, text: TextInput, normalize: bool = False) -> Tensor:
+        """token ids [b, n_ctx] or strings → [b, d_embed]."""
+        if self.text is None:
+            raise ValueError("this model has no text tower")
+        tokens = text.to(self.device) if isinstance(text, Tensor) else self.tokenize(text)
+        x = self.text(tokens)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def forward(self, image: Optional[Tensor] = None, text: Optional[TextInput] = None):
+        """Image and/or text embeddings (unnormalised): the image's if only images are given, the text's if
+        only text is given, else a tuple (image_embed, text_embed)."""
+        if image is None and text is None:
+            raise ValueError("pass images, text, or both")
+        img = self.encode_image(image) if image is not None else None
+        txt = self.encode_text(text) if text is not None else None
+        if img is None:
+            return txt
+        return img if txt is None else (img, txt)
+
+    def logits(self, images: Tensor, text: TextInput) -> Tensor:
+        """Scaled cosine similarities [n_images, n_texts] (open_clip convention)."""
+        img = self.encode_image(images, normalize=True)
+        txt = self.encode_text(text, normalize=True)
+        out = self.logit_scale * img @ txt.T
+        return out + self.logit_bias if self.logit_bias is not None else out
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def fingerprint(self) -> str:
+        """sha256 over all parameters (names, shapes, dtypes and bytes), cached; identifies the exact weights."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for name, p in sorted(self.state_dict().items()):
+                t = p.detach().cpu().contiguous()
+                h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.half() change bytes → recompute fingerprint lazily
+        self._fingerprint = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def summary(self) -> str:
+        lines = [f"HookedCLIP {self.name!r} (pretrained={self.pretrained!r}) on {self.device}",
+                 f"  image: {self.visual!r}"]
+        if self.text is not None:
+            lines.append(f"  text:  {self.text!r}")
+        lines.append(f"  {len(self.hook_dict)} hook points; logit_scale={self.logit_scale.item():.2f}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.summary()
