@@ -123,7 +123,7 @@ class HookedCLIP(HookedRootModule):
         if self._fingerprint is None:
             h = hashlib.sha256()
             for name, p in sorted(self.state_dict().items()):
-                t = p.detach().cpu().contiguous()
+                t = p.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
                 h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
                 h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             self._fingerprint = h.hexdigest()
