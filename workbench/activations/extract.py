@@ -1,0 +1,505 @@
+"""Streaming activation extraction over a dataset (image tower) or a list of prompts (text tower).
+
+One forward pass per batch collects every requested site: a storing hook (which returns its input, so
+the fused attention path stays fast and any intervention hooks already on the model still apply) is put
+on each hook point the sites need. Token dimensions are reduced inside the hook (`position`), so only
+what is kept leaves the forward pass.
+
+Memory: with `cache_dir` the results go through one preallocated shard buffer that is written to disk
+when full, so peak memory does not grow with the dataset; without it, one preallocated tensor per site
+holds everything. See `store.py` for the cache layout, atomic writes and resuming.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .store import (
+    DTYPES,
+    MANIFEST,
+    SCHEMA,
+    ActivationStore,
+    RowBuffer,
+    check_compatible,
+    clear_cache_dir,
+    dtype_name,
+    identity,
+    read_manifest,
+    remove_leftovers,
+    save_shard_atomic,
+    shard_name,
+    valid_completed_prefix,
+    write_json_atomic,
+)
+
+# Special sites computed from hooks rather than read from one: value = the space of head_contributions.
+SPECIAL_SITES = {"head_contributions": "embed", "head_contributions:resid": "resid"}
+POSITIONS = ("cls", "all")
+DEFAULT_SHARD_BYTES = 128 * 2**20  # default shard size target; a shard is the unit of memory and of resuming
+HASH_SAMPLES = 8  # dataset items hashed to identify a dataset's content
+
+Position = Union[str, int]
+
+
+# ---------------------------------------------------------------------------------------------- sites
+def resolve_sites(model, sites: Union[str, Sequence[str]], tower: str) -> list[str]:
+    """Validate site names for `tower` ("image" or "text"); duplicates are dropped, order kept."""
+    sites = [sites] if isinstance(sites, str) else list(sites)
+    if not sites:
+        raise ValueError(f"no sites given; pass hook names such as 'blocks.0.hook_resid_post' or {list(SPECIAL_SITES)}")
+    hook_names = list(model.hook_dict)
+    for site in sites:
+        if not isinstance(site, str):
+            raise TypeError(f"sites must be strings (hook names), got {site!r} of type {type(site).__name__}")
+        if site in SPECIAL_SITES:
+            if tower == "text":
+                raise ValueError(f"{site!r} is an image-tower site; extract_text supports the text tower's "
+                                 "hook names ('text.…') only")
+            continue
+        if site not in model.hook_dict:
+            close = difflib.get_close_matches(site, hook_names + list(SPECIAL_SITES), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            raise ValueError(f"unknown site {site!r}; {hint}Sites are hook names (see model.hook_dict) "
+                             f"or one of {list(SPECIAL_SITES)}")
+        if tower == "image" and site.startswith("text."):
+            raise ValueError(f"{site!r} is a text-tower hook but extract() runs the image tower; "
+                             "use extract_text(model, prompts, sites) for text hooks")
+        if tower == "text" and not site.startswith("text."):
+            raise ValueError(f"{site!r} is an image-tower hook but extract_text() runs the text tower; "
+                             "use extract(model, dataset, sites) for image hooks, or a 'text.' hook name")
+    return list(dict.fromkeys(sites))
+
+
+def hooks_for_site(model, site: str) -> list[str]:
+    """The hook points a site reads."""
+    if site not in SPECIAL_SITES:
+        return [site]
+    names = [f"blocks.{l}.attn.hook_cls_result" for l in range(model.visual.cfg.n_layers)]
+    return names + (["ln_post.hook_scale"] if SPECIAL_SITES[site] == "embed" else [])
+
+
+def position_axis(hook_name: str, ndim: int) -> Optional[int]:
+    """Which axis of a hook's tensor indexes tokens (None: the hook has no token axis).
+
+    Attention patterns/scores [b, head, q, k] are reduced over the query axis (the row the token reads
+    from); pooled hooks (hook_cls_result, ln_post on the pooled token, the embeddings) have none.
+    """
+    base = hook_name.removeprefix("text.")
+    if base.endswith("hook_cls_result") or base in ("hook_image_embed", "hook_text_embed"):
+        return None
+    if base.endswith(("hook_pattern", "hook_attn_scores")):
+        return 2
+    if base.startswith("ln_post."):  # [b, d] on the pooled token; [b, patches, d] when avg-pooled before ln_post
+        return 1 if ndim == 3 else None
+    return 1
+
+
+def select_position(t: Tensor, hook_name: str, position: Position, pooled: Optional[Tensor]) -> Tensor:
+    """Reduce a hook's token axis: "all" keeps it, "cls" takes the pooled token (CLS = position 0 in the image
+    tower; `pooled` [b], e.g. EOT, in the text tower), an int takes that position (negative counts from the end)."""
+    axis = position_axis(hook_name, t.ndim)
+    if axis is None or position == "all":
+        return t
+    if position == "cls":
+        if hook_name == "hook_patch_embed":
+            raise ValueError("hook_patch_embed holds patches only (no CLS token); use position='all' or an int "
+                             "patch index, or 'hook_embed' (CLS at position 0)")
+        if pooled is None:
+            return t.select(axis, 0)
+        rows = torch.arange(t.shape[0], device=t.device)
+        idx = pooled.to(t.device)
+        return t[rows, idx] if axis == 1 else t[rows, :, idx]
+    n = t.shape[axis]
+    if not -n <= position < n:
+        raise ValueError(f"position {position} is out of range for {hook_name} of shape {tuple(t.shape)} "
+                         f"({n} positions): use 0..{n - 1}, a negative index, 'cls' or 'all'")
+    return t.select(axis, position)
+
+
+class SiteCollector:
+    """Runs ONE forward pass per batch and returns every site's value, token axes already reduced.
+
+    Call with images [b, 3, H, W] (image tower) or token ids [b, n_ctx] (text tower); returns
+    {site: [b, *shape]} on the model's device.
+    """
+
+    def __init__(self, model, sites: Sequence[str], position: Position, tower: str):
+        self.model, self.sites, self.position, self.tower = model, list(sites), position, tower
+        self.hook_names = list(dict.fromkeys(h for s in self.sites for h in hooks_for_site(model, s)))
+        if any(s in SPECIAL_SITES for s in self.sites):
+            from workbench.models.decompose import _check_cls_pooling
+
+            _check_cls_pooling(model.visual)
+        self._captured: dict[str, Tensor] = {}
+        self._pooled: Optional[Tensor] = None
+
+    def _store(self, t: Tensor, hook) -> Tensor:
+        kept = select_position(t, hook.name, self.position, self._pooled)
+        # clone a reduced view so the full-sequence tensor can be freed during the forward pass
+        self._captured[hook.name] = t.detach() if kept is t else kept.detach().clone()
+        return t
+
+    def _head_contributions(self, space: str) -> Tensor:
+        L = self.model.visual.cfg.n_layers
+        heads = torch.stack([self._captured[f"blocks.{l}.attn.hook_cls_result"] for l in range(L)], dim=1)
+        if space == "resid":
+            return heads  # [b, L, H, d_model]
+        from workbench.models.decompose import project_to_embed
+
+        return project_to_embed(self.model.visual, heads, self._captured["ln_post.hook_scale"])  # [b, L, H, d_embed]
+
+    @torch.no_grad()
+    def __call__(self, inputs: Tensor) -> dict[str, Tensor]:
+        self._captured = {}
+        fwd_hooks = [(name, self._store) for name in self.hook_names]
+        try:
+            if self.tower == "image":
+                self.model.run_with_hooks(inputs, fwd_hooks=fwd_hooks)
+            else:
+                inputs = inputs.to(self.model.device)
+                self._pooled = self.model.text.pool_index(inputs)
+                self.model.run_with_hooks(text=inputs, fwd_hooks=fwd_hooks)
+            return {s: self._head_contributions(SPECIAL_SITES[s]) if s in SPECIAL_SITES else self._captured[s]
+                    for s in self.sites}
+        finally:
+            self._captured, self._pooled = {}, None
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _split_item(item, index: int) -> tuple[Tensor, dict[str, int]]:
+    """A dataset item → (image [3, H, W], {key: int}); a bare tensor item has no labels."""
+    if isinstance(item, Tensor):
+        return item, {}
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], Tensor)
+            and isinstance(item[1], Mapping)):
+        raise TypeError(f"dataset item {index} should be (image tensor [3, H, W], {{label: int}}), got "
+                        f"{type(item).__name__}; pass the model's preprocess as the dataset's transform")
+    labels = {}
+    for key, value in item[1].items():
+        if isinstance(value, Tensor):
+            value = value.item()
+        if not hasattr(value, "__index__"):  # ints, bools, numpy integers; not floats or strings
+            raise TypeError(f"label {key!r} of dataset item {index} is {value!r}; labels must be ints (class indices)")
+        labels[str(key)] = int(value)
+    return item[0], labels
+
+
+def collate_items(items: Sequence) -> tuple[Tensor, dict[str, Tensor]]:
+    """Batch dataset items: (images [b, 3, H, W], {key: LongTensor [b]})."""
+    pairs = [_split_item(item, i) for i, item in enumerate(items)]
+    shapes = {tuple(image.shape) for image, _ in pairs}
+    if len(shapes) > 1:
+        raise ValueError(f"cannot batch images of different shapes {sorted(shapes)}; give the dataset a transform "
+                         "that resizes to one size (the model's preprocess)")
+    keys = list(pairs[0][1])
+    if any(set(labels) != set(keys) for _, labels in pairs):
+        raise ValueError(f"dataset items have different label keys (e.g. {sorted(keys)}); "
+                         "every item needs the same keys")
+    labels = {k: torch.tensor([lab[k] for _, lab in pairs], dtype=torch.long) for k in keys}
+    return torch.stack([image for image, _ in pairs]), labels
+
+
+def sample_indices(n: int, k: int = HASH_SAMPLES) -> list[int]:
+    """k evenly spaced indices in [0, n) (all of them when n ≤ k): the items hashed to identify a dataset."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def dataset_content_hash(dataset, k: int = HASH_SAMPLES) -> str:
+    """sha256 over the length and a few evenly spaced items (image bytes + labels) of a dataset."""
+    h = hashlib.sha256(f"{len(dataset)}".encode())
+    for i in sample_indices(len(dataset), k):
+        image, labels = _split_item(dataset[i], i)
+        t = image.detach().cpu().contiguous()
+        h.update(f"{i}:{tuple(t.shape)}:{t.dtype}:{json.dumps(labels, sort_keys=True)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+class _Batches:
+    """A DataLoader batch_sampler over precomputed (start, stop) row ranges."""
+
+    def __init__(self, plan: Sequence[tuple[int, int]]):
+        self.plan = plan
+
+    def __iter__(self):
+        return (list(range(a, b)) for a, b in self.plan)
+
+    def __len__(self):
+        return len(self.plan)
+
+
+class ImageSource:
+    """A dataset of (image [3, H, W], {key: int}) items, read through a DataLoader."""
+
+    tower, unit = "image", "img"
+
+    def __init__(self, dataset, num_workers: int = 0, dataset_id: Optional[str] = None):
+        try:
+            self.n = len(dataset)
+        except TypeError:
+            raise TypeError(f"dataset must be a sized, indexable dataset (ds[i] -> (image, labels)); "
+                            f"got {type(dataset).__name__} without len()") from None
+        if self.n == 0:
+            raise ValueError("the dataset is empty; nothing to extract")
+        self.dataset, self.num_workers, self.dataset_id = dataset, num_workers, dataset_id
+
+    def describe(self) -> dict:
+        names = getattr(self.dataset, "label_names", None) or {}
+        return {"class": type(self.dataset).__name__, "len": self.n,
+                "id": self.dataset_id or dataset_content_hash(self.dataset),
+                "label_names": {str(k): [str(c) for c in v] for k, v in names.items()}}
+
+    def first(self) -> tuple[Tensor, dict[str, Tensor]]:
+        return collate_items([self.dataset[0]])
+
+    def batches(self, plan: Sequence[tuple[int, int]]) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        from torch.utils.data import DataLoader
+
+        yield from DataLoader(self.dataset, batch_sampler=_Batches(plan), num_workers=self.num_workers,
+                              collate_fn=collate_items)
+
+
+class TextSource:
+    """A list of prompts, tokenized batch by batch with the model's tokenizer (no labels)."""
+
+    tower, unit = "text", "prompt"
+
+    def __init__(self, model, prompts: Sequence[str], dataset_id: Optional[str] = None):
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        bad = [p for p in prompts if not isinstance(p, str)]
+        if bad:
+            raise TypeError(f"prompts must be strings, got e.g. {bad[0]!r}")
+        if not prompts:
+            raise ValueError("no prompts given; nothing to extract")
+        self.model, self.prompts, self.n, self.dataset_id = model, prompts, len(prompts), dataset_id
+
+    def describe(self) -> dict:
+        digest = "sha256:" + hashlib.sha256(json.dumps(self.prompts).encode()).hexdigest()
+        return {"class": "prompts", "len": self.n, "id": self.dataset_id or digest, "label_names": {}}
+
+    def first(self) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.model.tokenize(self.prompts[:1]), {}
+
+    def batches(self, plan: Sequence[tuple[int, int]]) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+        for a, b in plan:
+            yield self.model.tokenize(self.prompts[a:b]), {}
+
+
+# ---------------------------------------------------------------------------------------------- planning
+def plan_batches(start: int, n: int, batch_size: int, shard_size: int) -> list[tuple[int, int]]:
+    """Row ranges [start, n) cut into batches of at most batch_size that never straddle a shard boundary."""
+    plan = []
+    while start < n:
+        stop = min(start + batch_size, (start // shard_size + 1) * shard_size, n)
+        plan.append((start, stop))
+        start = stop
+    return plan
+
+
+def default_shard_size(shapes: Mapping[str, Sequence[int]], n_labels: int, dtype: torch.dtype, batch_size: int) -> int:
+    """Items per shard so that a shard takes about DEFAULT_SHARD_BYTES (a multiple of batch_size, ≥ batch_size)."""
+    item_bytes = sum(math.prod(s) for s in shapes.values()) * torch.empty((), dtype=dtype).element_size() + 8 * n_labels
+    per_shard = DEFAULT_SHARD_BYTES // max(item_bytes, 1)
+    return max(batch_size, per_shard // batch_size * batch_size)
+
+
+def _check_args(batch_size, position, shard_size, num_workers) -> None:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not (position in POSITIONS or isinstance(position, int) and not isinstance(position, bool)):
+        raise ValueError(f"position must be 'cls', 'all' or an int token index, got {position!r}")
+    if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1):
+        raise ValueError(f"shard_size must be a positive int (items per shard) or None, got {shard_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
+
+
+def _probe(collector: SiteCollector, source) -> tuple[dict[str, list[int]], list[str]]:
+    """Per-item site shapes and label keys, from a forward pass on the first item (also validates positions)."""
+    inputs, labels = source.first()
+    return {s: list(v.shape[1:]) for s, v in collector(inputs).items()}, list(labels)
+
+
+def _check_shapes(acts: Mapping[str, Tensor], shapes: Mapping[str, Sequence[int]]) -> None:
+    for site, value in acts.items():
+        if list(value.shape[1:]) != list(shapes[site]):
+            raise ValueError(f"site {site!r} produced items of shape {list(value.shape[1:])} but the cache holds "
+                             f"{list(shapes[site])}; use a new cache_dir or overwrite=True")
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def extract(model, dataset, sites: Union[str, Sequence[str]], batch_size: int = 64, device=None,
+            cache_dir=None, dtype: torch.dtype = torch.float32, position: Position = "cls", num_workers: int = 0,
+            progress: bool = True, shard_size: Optional[int] = None, overwrite: bool = False,
+            dataset_id: Optional[str] = None) -> ActivationStore:
+    """Run the image tower over `dataset` and collect activations at `sites`, one forward pass per batch.
+
+    Args:
+        model: a HookedCLIP. Hooks already on it (e.g. an intervention) stay active during extraction.
+        dataset: `ds[i] -> (image [3, H, W] preprocessed, {label: int})`; labels are stored alongside.
+        sites: hook names (`model.hook_dict`), or "head_contributions" ([L, H, d_embed] per item: each
+            head's direct contribution to the image embedding at CLS) / "head_contributions:resid" ([L, H, d_model]).
+        position: token reduction for hooks with a token axis: "cls" (position 0), "all", or an int.
+            Attention patterns are reduced over the query axis.
+        dtype: storage dtype of the activations (labels are int64).
+        cache_dir: folder for safetensors shards + manifest.json; memory then stays at one shard. An existing
+            cache with the same model, dataset, sites, dtype and position is resumed at its first missing
+            shard (a finished one is returned without any forward pass); a different one raises ValueError
+            unless `overwrite=True`. Without cache_dir, everything is kept in (preallocated) memory.
+        shard_size: items per shard (default: about 128 MiB of activations, a multiple of batch_size).
+        dataset_id: names the dataset in the manifest instead of a content hash of 8 of its items (pass one
+            when the dataset's transform is random, or its items are costly to read twice).
+        device: where to run (the model is moved there); default: the model's device.
+        progress: show a tqdm bar (images/s).
+
+    Returns an ActivationStore: `store[site]` [n, *shape], `store.labels[key]` [n].
+    A fresh run makes one extra forward pass on one item to learn the sites' shapes.
+    """
+    _check_args(batch_size, position, shard_size, num_workers)
+    return _extract(model, ImageSource(dataset, num_workers, dataset_id), sites, batch_size=batch_size, device=device,
+                    cache_dir=cache_dir, dtype=dtype, position=position, progress=progress, shard_size=shard_size,
+                    overwrite=overwrite)
+
+
+def extract_text(model, prompts: Sequence[str], sites: Union[str, Sequence[str]], batch_size: int = 256,
+                 device=None, cache_dir=None, dtype: torch.dtype = torch.float32, position: Position = "cls",
+                 progress: bool = True, shard_size: Optional[int] = None, overwrite: bool = False,
+                 dataset_id: Optional[str] = None) -> ActivationStore:
+    """Run the text tower over `prompts` and collect activations at text hooks ("text.…").
+
+    position "cls" takes the token the tower pools (the EOT token for open_clip's argmax pooling), the one
+    `text.blocks.{l}.attn.hook_cls_result` refers to; "all" keeps every token [n_ctx, …]; an int takes that
+    position. Other arguments as in `extract`; the store has no labels.
+    """
+    _check_args(batch_size, position, shard_size, 0)
+    if model.text is None:
+        raise ValueError("this model has no text tower")
+    return _extract(model, TextSource(model, prompts, dataset_id), sites, batch_size=batch_size, device=device,
+                    cache_dir=cache_dir, dtype=dtype, position=position, progress=progress, shard_size=shard_size,
+                    overwrite=overwrite)
+
+
+def _extract(model, source, sites, *, batch_size, device, cache_dir, dtype, position, progress, shard_size,
+             overwrite) -> ActivationStore:
+    dtype_str = dtype_name(dtype)
+    if device is not None and torch.device(device) != model.device:
+        model.to(device)
+    sites = resolve_sites(model, sites, source.tower)
+    collector = SiteCollector(model, sites, position, source.tower)
+    import workbench
+
+    header = {
+        "schema": SCHEMA, "tower": source.tower,
+        "model": {"name": model.name, "pretrained": model.pretrained, "fingerprint": model.fingerprint()},
+        "dataset": source.describe(), "dtype": dtype_str, "position": position, "batch_size": batch_size,
+        "workbench_version": workbench.__version__,
+    }
+    header = json.loads(json.dumps(header))  # tuples → lists, so it compares equal to a manifest read back
+    if cache_dir is None:
+        return _extract_in_memory(collector, source, header, dtype, progress)
+    root = Path(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_cache_dir(root)
+    remove_leftovers(root)
+    manifest = _resume_or_start(root, collector, source, header, shard_size)
+    _extract_missing_shards(root, manifest, collector, source, dtype, batch_size, progress)
+    return ActivationStore.open(root)
+
+
+def _new_manifest(header: dict, sites: Sequence[str], shapes: Mapping[str, Sequence[int]], label_keys: list[str],
+                  n: int, shard_size: int) -> dict:
+    return {**header, "sites": _site_entries(sites, shapes), "label_keys": label_keys, "n": n,
+            "shard_size": shard_size, "n_shards": math.ceil(n / shard_size), "completed": []}
+
+
+def _extract_in_memory(collector: SiteCollector, source, header: dict, dtype: torch.dtype, progress: bool):
+    n = source.n
+    shapes, label_keys = _probe(collector, source)
+    buffer = RowBuffer(n, shapes, label_keys, dtype)
+    for (start, _), acts, labels in _run(collector, source, plan_batches(0, n, header["batch_size"], n), n, 0,
+                                         progress):
+        buffer.put(start, acts, labels)
+    manifest = _new_manifest(header, collector.sites, shapes, label_keys, n, n)
+    return ActivationStore(manifest, tensors=buffer.tensors(n))
+
+
+def _resume_or_start(root: Path, collector: SiteCollector, source, header: dict, shard_size: Optional[int]) -> dict:
+    """The cache's manifest if it matches the request (listed shards that were damaged are dropped), else a
+    new one (after a probe forward pass for the shapes), written to disk before any shard."""
+    if (root / MANIFEST).exists():
+        manifest = read_manifest(root)
+        requested = identity({**header, "sites": dict.fromkeys(collector.sites), "shard_size": shard_size})
+        check_compatible(manifest, requested, root)
+        intact = valid_completed_prefix(root, manifest)
+        if len(intact) < len(manifest["completed"]):  # recompute from the first damaged shard on
+            manifest["completed"] = intact
+            write_json_atomic(root / MANIFEST, manifest)
+        return manifest
+    shapes, label_keys = _probe(collector, source)
+    dtype = DTYPES[header["dtype"]]
+    shard_size = shard_size or default_shard_size(shapes, len(label_keys), dtype, header["batch_size"])
+    manifest = {**_new_manifest(header, collector.sites, shapes, label_keys, source.n, shard_size), "created": _now()}
+    write_json_atomic(root / MANIFEST, manifest)
+    return manifest
+
+
+def _extract_missing_shards(root: Path, manifest: dict, collector: SiteCollector, source, dtype: torch.dtype,
+                            batch_size: int, progress: bool) -> None:
+    """Run the batches of every shard not yet completed; write each shard when full, then record it."""
+    n, shard_size, done = manifest["n"], manifest["shard_size"], len(manifest["completed"])
+    if done == manifest["n_shards"]:
+        return
+    shapes = {s: manifest["sites"][s]["shape"] for s in collector.sites}
+    buffer = RowBuffer(min(shard_size, n), shapes, manifest["label_keys"], dtype)  # reused for every shard
+    # this call's batch size may differ from the first run's (the manifest keeps that one): shards hold the same rows
+    plan = plan_batches(done * shard_size, n, batch_size, shard_size)
+    for (start, stop), acts, labels in _run(collector, source, plan, n, done * shard_size, progress):
+        _check_shapes(acts, shapes)
+        shard, row = divmod(start, shard_size)
+        buffer.put(row, acts, labels)
+        shard_start = shard * shard_size
+        if stop == min(shard_start + shard_size, n):
+            size = save_shard_atomic(root / shard_name(shard), buffer.tensors(stop - shard_start),
+                                     {"schema": SCHEMA, "start": str(shard_start), "stop": str(stop)})
+            manifest["completed"].append({"file": shard_name(shard), "start": shard_start, "stop": stop,
+                                          "bytes": size})
+            manifest["updated"] = _now()
+            write_json_atomic(root / MANIFEST, manifest)
+
+
+def _run(collector: SiteCollector, source, plan, n: int, initial: int, progress: bool):
+    """Yield ((start, stop), acts, labels) for each planned batch, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n, initial=initial, unit=source.unit, disable=not progress,
+              desc=f"extract {source.tower}") as bar:
+        for (start, stop), (inputs, labels) in zip(plan, source.batches(plan)):
+            if inputs.shape[0] != stop - start:
+                raise RuntimeError(f"expected a batch of rows [{start}, {stop}) but got {inputs.shape[0]} items")
+            yield (start, stop), collector(inputs), labels
+            bar.update(stop - start)
+
+
+def _site_entries(sites: Sequence[str], shapes: Mapping[str, Sequence[int]]) -> dict:
+    entries = {}
+    for s in sites:
+        entries[s] = {"shape": list(shapes[s])}
+        if s in SPECIAL_SITES:
+            entries[s]["description"] = (f"each head's direct contribution at CLS ({SPECIAL_SITES[s]} space), "
+                                         "[layer, head, d]")
+    return entries
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
