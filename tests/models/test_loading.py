@@ -97,6 +97,10 @@ def test_dtype_and_fingerprint():
     ref = model.encode_image(x)
     bf16 = model.to(torch.bfloat16)
     assert bf16.fingerprint() != fp  # different bytes, different fingerprint
+    model = HookedCLIP.from_open_clip(oc)
+    with torch.no_grad():
+        model.visual.blocks[0].attn.out_proj_bias.add_(1e-3)  # an in-place edit invalidates the cached value
+    assert model.fingerprint() != fp
     out = bf16.encode_image(x.to(torch.bfloat16)).float()
     assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1 * ref.abs().max()
 

@@ -41,7 +41,7 @@ class HookedCLIP(HookedRootModule):
         self.preprocess = preprocess or Preprocess(visual.cfg.image_size)
         self.tokenizer = tokenizer
         self.name, self.pretrained = name, pretrained
-        self._fingerprint: Optional[str] = None
+        self._fingerprint: Optional[tuple] = None  # (weights state, sha256)
         self.setup()
 
     def setup(self):
@@ -118,20 +118,24 @@ class HookedCLIP(HookedRootModule):
     def device(self) -> torch.device:
         return self.logit_scale.device
 
+    def _weights_state(self) -> tuple:
+        # In-place edits bump a tensor's version counter; together with the storage pointer this tells
+        # whether the weights may have changed since the fingerprint was computed.
+        return tuple((t.data_ptr(), t._version) for t in self.state_dict().values())
+
     def fingerprint(self) -> str:
-        """sha256 over all parameters (names, shapes, dtypes and bytes), cached; identifies the exact weights."""
-        if self._fingerprint is None:
+        """sha256 over all parameters (names, shapes, dtypes and bytes); identifies the exact weights.
+
+        Cached, and recomputed whenever a parameter is replaced or edited in place."""
+        state = self._weights_state()
+        if self._fingerprint is None or self._fingerprint[0] != state:
             h = hashlib.sha256()
             for name, p in sorted(self.state_dict().items()):
                 t = p.detach().cpu().contiguous().reshape(-1)  # 0-d tensors cannot be viewed as bytes
                 h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
                 h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            self._fingerprint = h.hexdigest()
-        return self._fingerprint
-
-    def _apply(self, fn, *args, **kwargs):  # .to()/.half() change bytes → recompute fingerprint lazily
-        self._fingerprint = None
-        return super()._apply(fn, *args, **kwargs)
+            self._fingerprint = (state, h.hexdigest())
+        return self._fingerprint[1]
 
     def summary(self) -> str:
         lines = [f"HookedCLIP {self.name!r} (pretrained={self.pretrained!r}) on {self.device}",
