@@ -14,8 +14,18 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
 
 def embedded_models() -> list[str]:
-    """Names of the models shipped inside the package (config + weights in workbench/models/pretrained)."""
-    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.json"))
+    """Names of the models shipped inside the package (weights, open_clip config and preprocessing in
+    workbench/models/pretrained/{name}.safetensors, {name}.json, {name}.preprocess.json)."""
+    return sorted(p.stem for p in PRETRAINED_DIR.glob("*.safetensors"))
+
+
+def embedded_config(name: str) -> tuple[Path, dict]:
+    """(open_clip model-config path, preprocess config) of an embedded model; registers the config with open_clip."""
+    import open_clip
+
+    path = PRETRAINED_DIR / f"{name}.json"
+    open_clip.add_model_config(path)
+    return path, json.loads((PRETRAINED_DIR / f"{name}.preprocess.json").read_text())
 
 
 def list_models() -> list[str]:
@@ -88,16 +98,16 @@ def load_clip(name: str = "synthsocial", pretrained: Optional[str] = None, check
 
     if pretrained is not None and checkpoint is not None:
         raise ValueError("pass either pretrained=<tag> or checkpoint=<path>, not both")
-    embedded = name in embedded_models()
-    if embedded:
-        open_clip.add_model_config(PRETRAINED_DIR / f"{name}.json")
+    force_preprocess = None
+    if (PRETRAINED_DIR / f"{name}.json").is_file():
+        _, force_preprocess = embedded_config(name)
         if checkpoint is None and pretrained is None:
             checkpoint = PRETRAINED_DIR / f"{name}.safetensors"
     elif name not in open_clip.list_models():
         raise _unknown_name_error(name)
 
     try:
-        model = open_clip.create_model(name, pretrained=pretrained)
+        model = open_clip.create_model(name, pretrained=pretrained, force_preprocess_cfg=force_preprocess)
     except Exception as e:  # network/offline/unknown-tag failures surface as many exception types
         tags = [t for n, t in open_clip.list_pretrained() if n == name]
         raise RuntimeError(

@@ -1,4 +1,5 @@
 """Plotly figures for workbench results (plotly is imported inside each function, not at import time)."""
 from .patching import plot_effects
+from .probes import head_score_matrix, plot_head_scores
 
-__all__ = ["plot_effects"]
+__all__ = ["plot_effects", "plot_head_scores", "head_score_matrix"]
