@@ -111,7 +111,7 @@ def train_toy(cfg: TrainConfig = TrainConfig(), out_dir: Path = PRETRAINED_DIR, 
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        log.append(float(loss))
+        log.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.3f}")
     train_s = time.perf_counter() - t0 - render_s
 
