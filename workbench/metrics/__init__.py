@@ -3,6 +3,7 @@
 - :mod:`~workbench.metrics.retrieval`: ``rank`` (the ranking every metric uses), Recall@K, mAP, NDCG.
 - :mod:`~workbench.metrics.fairness`: retrieval fairness: NDKL, KL@k, MaxSkew / MinSkew@k,
   normalized entropy@k, Bias@K.
+- :mod:`~workbench.metrics.scores`: AUROC, average precision and PR curves, vectorised over units.
 - :mod:`~workbench.metrics.classification`: zero-shot and worst-group accuracy, N-TIDE's
   EOp / EO / DP differences and RBD.
 """
@@ -26,6 +27,7 @@ from workbench.metrics.fairness import (
     normalized_entropy_at_k,
     skew_table,
 )
+from workbench.metrics.scores import PRCurve, auroc, average_precision, pr_curve
 from workbench.metrics.retrieval import (
     first_relevant_rank,
     mean_average_precision,
@@ -62,4 +64,9 @@ __all__ = [
     "demographic_parity_difference",
     "representation_bias_distance",
     "fairness_report",
+    # per-unit scores (probes)
+    "auroc",
+    "average_precision",
+    "pr_curve",
+    "PRCurve",
 ]

@@ -5,6 +5,8 @@
   `intervene(model, edits)`, reference means (`mean_activations`, `class_prototypes`).
 - `steer`: `add_direction`, `project_out`, SAE steering (`sae_blend_hook`, `sae_modulation_hook`), `steer`.
 - `spec`: `InterventionSpec` (save / load / validate), `apply(model, spec)`.
+- `probe`: batched linear probes over many units at once (`LinearProbes`, `probe`, `unit_scores`).
+- `patch`: activation patching effect matrices (`patch_heads`, `patch_sites`).
 """
 from .ablate import (
     Intervention,
@@ -17,9 +19,8 @@ from .ablate import (
     mean_activations,
 )
 from .edits import OPS, POSITIONS, SITES, TOWERS, Edit, EditError, EditTargetError, apply_op, edits_to_hooks
-# TODO(lead): enable
-# from .probe import LinearProbes, probe, unit_scores
-from .patch import patch_heads, patch_sites
+from .probe import LinearProbes, ProbeResult, probe, unit_scores
+from .patch import PatchResult, SitePatchResult, logit_metric, patch_heads, patch_sites, similarity_metric
 from .spec import (
     SCHEMA,
     FingerprintMismatchError,
@@ -44,5 +45,7 @@ __all__ = [
     "add_direction", "project_out", "sae_transform", "sae_blend_hook", "sae_modulation_hook", "steer",
     "InterventionSpec", "ModelRef", "SAERef", "apply", "sae_sha256", "SCHEMA",
     "SpecError", "SpecFormatError", "SidecarError", "FingerprintMismatchError", "SpecModelMismatchError", "SAEError",
-    "FingerprintWarning", "patch_heads", "patch_sites",
+    "FingerprintWarning",
+    "LinearProbes", "ProbeResult", "probe", "unit_scores",
+    "patch_heads", "patch_sites", "PatchResult", "SitePatchResult", "similarity_metric", "logit_metric",
 ]
