@@ -39,7 +39,8 @@ def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, seed: int = 0) 
     """Held-out accuracy of a linear probe on features [n, d] (half train, half test, stratified)."""
     from workbench.primitives.probe import probe
 
-    return float(probe(features[:, None, :], labels, test_size=0.5, seed=seed).table["accuracy"].iloc[0])
+    result = probe(features[:, None, :], labels, test_size=0.5, seed=seed, max_iter=1000)
+    return float(result.table["accuracy"].iloc[0])
 
 
 @torch.no_grad()
