@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--n-train", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 reproduces the shipped checkpoint)")
     p.add_argument("--out", default=None, help="output folder (default: the package's pretrained folder)")
     p.set_defaults(func=cmd_train_toy)
     return parser

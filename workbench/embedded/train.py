@@ -26,7 +26,7 @@ class TrainConfig:
     warmup: int = 50
     n_train: int = 20_000
     seed: int = 0
-    threads: Optional[int] = None  # torch threads; None keeps torch's default
+    threads: Optional[int] = 1  # torch threads while training (the shipped model used 1; None keeps the default)
 
 
 def _param_groups(model, weight_decay: float):
@@ -71,14 +71,21 @@ def train_toy(cfg: TrainConfig = TrainConfig(), out_dir: Path = PRETRAINED_DIR, 
     Only the token-embedding rows of tokens seen in training are stored (every other row is zero), in fp16,
     which keeps the checkpoint a few MB. Returns the model card (or the training log without `measure`).
     """
+    previous_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, Path(out_dir), progress, measure)
+    finally:
+        torch.set_num_threads(previous_threads)  # do not leave the caller's process changed
+
+
+def _train(cfg: TrainConfig, out_dir: Path, progress: bool, measure: bool) -> dict:
     from tqdm.auto import tqdm
 
     from workbench.data import SynthSocial
     from workbench.models.storage import save_compact
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model, preprocess, tokenizer = build_untrained(cfg.seed)
     model.train()
