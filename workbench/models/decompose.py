@@ -32,7 +32,7 @@ def _check_layers(vit, layers: Optional[Sequence[int]]) -> list[int]:
 
 
 def _check_cls_pooling(vit) -> None:
-    if vit.cfg.pool != "tok" or vit.cfg.final_ln_after_pool is None:
+    if vit.cfg.pool != "tok":
         raise NotImplementedError(
             f"the CLS decomposition needs token pooling; this image tower pools with {vit.cfg.pool!r}"
         )
