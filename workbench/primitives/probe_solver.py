@@ -1,0 +1,400 @@
+"""The solvers behind :class:`~workbench.primitives.probe.LinearProbes`: many penalised logistic
+regressions minimised together, as one batched tensor program.
+
+Kept apart from the estimator because it is pure optimisation: it sees a batch of units only as
+:class:`Features` (centred features ``[u, n, p]``, a quadratic penalty and a map back to raw-input
+weights), whether those are all ``d`` coordinates (:func:`dense_features`) or a unit's low-rank span
+(:mod:`workbench.primitives.probe_span`). Every unit minimises::
+
+    mean_i CE(softmax(f_i V + b), y_i) + l2/2 * tr(V^T P V)        (P = I unless a span says otherwise)
+
+- :func:`fit_lbfgs` -- full-batch L-BFGS, batches of units sized to stay in cache, per-unit line
+  searches and stopping, preconditioned by each unit's start Hessian.
+- :func:`fit_adam` -- mini-batch Adam (the expert-heads paper's training) on the same objective.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .probe_inputs import nonfinite_error
+
+__all__ = ["Features", "Fit", "Problem", "dense_features", "fit_adam", "fit_lbfgs", "gram", "intra_op_threads"]
+
+_SOLVER_BATCH_BYTES = 16 * 2**20  # features per solver batch: stays in cache across iterations
+_PRECONDITIONER_ROWS = 2048  # rows whose Gram approximates the start Hessian (when not needed exactly)
+_DENSE_PRECONDITIONER_MAX_DIM = 1024  # above this, a diagonal preconditioner (a p x p inverse per unit is too big)
+_LBFGS_HISTORY = 10
+
+
+@dataclass
+class Problem:
+    """What every unit is fitted to: labels, penalty and stopping rule."""
+
+    codes: torch.Tensor  # [n] class codes in [0, n_classes)
+    n_classes: int
+    l2: float
+    tol: float
+    max_iter: int
+
+
+@dataclass
+class Features:
+    """A batch of units reduced to a logistic regression on centred features with a quadratic penalty.
+
+    ``margin_i = f_i @ V + b`` with ``f = centred features [u, n, p]``; penalty ``l2/2 tr(V^T P V)``
+    (``P = None`` means the identity). ``to_raw`` maps the solution to raw-input weights.
+    """
+
+    feats: torch.Tensor  # [u, n, p], centred, compute dtype
+    gram: torch.Tensor | None  # [u, p, p] float64, feats^T feats / n (None: diagonal preconditioner)
+    penalty: torch.Tensor | None  # [u, p, p] float64 P, or None for identity
+    penalty_inv: torch.Tensor | None  # [u, p, p] float64 P^{-1}: turns V-gradients into w-gradient norms
+    to_raw: Callable  # (V [u, p, k], b [u, k]) -> (coef [u, d, k], intercept [u, k]) float64
+    rank: torch.Tensor  # [u] dimension fitted in
+
+
+@dataclass
+class Fit:
+    """A fitted batch of units, in raw-input coordinates."""
+
+    coef: torch.Tensor  # [u, d, k] float64
+    intercept: torch.Tensor  # [u, k] float64
+    n_iter: torch.Tensor  # [u]
+    converged: torch.Tensor  # [u] bool
+    rank: torch.Tensor  # [u]
+
+
+# ============================================================================ features
+
+
+def gram(feats: torch.Tensor, exact: bool) -> torch.Tensor:
+    """``feats^T feats / n`` (float64) of ``feats [u, n, p]``. Only exact when it feeds statistics;
+    as a preconditioner (L-BFGS still converges to the exact optimum) ``_PRECONDITIONER_ROWS``
+    evenly spaced rows do."""
+    n = feats.shape[1]
+    if not exact and n > 2 * _PRECONDITIONER_ROWS:
+        feats = feats[:, :: n // _PRECONDITIONER_ROWS]
+    return (feats.transpose(1, 2) @ feats).double() / feats.shape[1]
+
+
+def dense_features(x: torch.Tensor, standardize: bool, offset: int, keys, unit_shape, with_gram: bool = True) -> Features:
+    """All ``d`` coordinates of ``x [n, u, d]`` as features (centred, optionally standardised).
+
+    ``offset``, ``keys`` and ``unit_shape`` locate the batch's units in the user's X for errors.
+    """
+    n, n_units, d = x.shape
+    feats = x.transpose(0, 1).contiguous()  # [u, n, d]
+    mean = feats.mean(1, dtype=torch.float64)
+    if not bool(torch.isfinite(mean).all()):
+        bad = (~torch.isfinite(mean)).any(-1).nonzero()[0].item()
+        raise nonfinite_error(bad + offset, unit_shape, keys)
+    feats -= mean[:, None, :].to(feats.dtype)
+    std = torch.ones_like(mean)
+    if standardize:
+        std = feats.pow(2).mean(1, dtype=torch.float64).sqrt()
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        feats /= std[:, None, :].to(feats.dtype)
+    g = gram(feats, exact=False) if with_gram and d <= _DENSE_PRECONDITIONER_MAX_DIM else None
+
+    def to_raw(v, b):
+        coef = v.double() / std[:, :, None]
+        return coef, b.double() - (mean[:, None, :] @ coef)[:, 0]
+
+    return Features(feats, g, None, None, to_raw, torch.full((n_units,), d))
+
+
+# ============================================================================ L-BFGS
+
+
+def fit_lbfgs(rows: torch.Tensor, make_features, p: int, n: int, itemsize: int, problem: Problem):
+    """Fit units ``rows`` with L-BFGS in batches whose features stay in cache.
+
+    ``make_features(batch)`` builds the :class:`Features` of a batch (a slice of ``rows``) with
+    ``p`` features per unit. Returns ``[(batch, Fit)]`` covering ``rows``.
+    """
+    size = max(1, _SOLVER_BATCH_BYTES // max(1, n * p * itemsize))
+    batches = [rows[start : start + size] for start in range(0, len(rows), size)]
+
+    def fit(batch):
+        feats = make_features(batch)
+        v, b, n_iter, converged = lbfgs(feats, problem)
+        coef, intercept = feats.to_raw(v, b)
+        return batch, Fit(coef, intercept, n_iter, converged, feats.rank)
+
+    # A batch's tensors are cache-sized: intra-op threads cost more than they save (and stall badly
+    # on a shared machine). Use the cores on separate batches instead (torch releases the GIL).
+    workers = min(torch.get_num_threads(), len(batches))
+    if workers <= 1 or problem.codes.device.type != "cpu":
+        return [fit(batch) for batch in batches]
+    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fit, batches))
+
+
+@contextmanager
+def intra_op_threads(count: int):
+    """Run the block with ``count`` torch intra-op threads (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _Logistic:
+    """Loss, gradient and curvature model of a batch of penalised logistic regressions.
+
+    Parameters ``V [u, k, p]`` and ``b [u, k]``; logits ``M [u, n, k]``; ``k = 1`` (sigmoid) or
+    ``classes`` (softmax). The features are used only as ``feats [u, n, p]`` in plain ``bmm``s
+    (no transposed copy: it would double the memory a batch keeps in cache).
+    """
+
+    def __init__(self, feats: Features, problem: Problem, preconditioner: bool = True):
+        f = feats.feats
+        self.feats = f
+        self.u, self.n, self.p = f.shape
+        self.binary = problem.n_classes == 2
+        self.k = 1 if self.binary else problem.n_classes
+        self.target = _targets(problem.codes, problem.n_classes, f.dtype)  # [1, n, k]
+        self.l2 = problem.l2
+        self.penalty = None if feats.penalty is None else feats.penalty.to(f.dtype)
+        self.penalty_inv = None if feats.penalty_inv is None else feats.penalty_inv.to(f.dtype)
+        # Curvature at the start (all probabilities 1/k): c * Gram + l2 * P, c = diag block of the
+        # softmax Hessian. Its inverse preconditions L-BFGS (the exact Hessian at 0 when k = 1).
+        self.curv = 0.25 if self.binary else (self.k - 1) / self.k**2
+        self.inv_hess = self.inv_diag = None
+        if not preconditioner:
+            return
+        pen = feats.penalty if feats.penalty is not None else torch.eye(self.p, dtype=torch.float64, device=f.device)
+        if feats.gram is not None:
+            hess = self.curv * feats.gram + self.l2 * pen
+            chol, info = torch.linalg.cholesky_ex(hess)
+            if bool((info != 0).any()):  # numerically indefinite: fall back to the diagonal
+                self.inv_diag = 1.0 / hess.diagonal(dim1=-2, dim2=-1).to(f.dtype)
+            else:
+                self.inv_hess = torch.cholesky_inverse(chol).to(f.dtype)
+        else:
+            diag = self.curv * f.pow(2).mean(1, dtype=torch.float64) + self.l2 * pen.diagonal(dim1=-2, dim2=-1)
+            self.inv_diag = 1.0 / diag.to(f.dtype)
+
+    def take(self, rows: torch.Tensor) -> "_Logistic":
+        """The same model restricted to units ``rows`` (drops finished units from a batch)."""
+        new = object.__new__(_Logistic)
+        new.__dict__.update(self.__dict__)
+        for name in ("feats", "penalty", "penalty_inv", "inv_hess", "inv_diag"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(new, name, value[rows])
+        new.u = len(rows)
+        return new
+
+    def margins(self, V, b):
+        """``[u, n, k]`` logits. (``bmm`` + add: ``baddbmm`` takes a slow non-BLAS path on CPU.)"""
+        return torch.bmm(self.feats, V.transpose(1, 2)) + b[:, None, :]
+
+    def residual(self, M):
+        """``(p - y) / n  [u, n, k]``."""
+        return _probs_minus_target(M, self.target, self.binary) / self.n
+
+    def loss(self, M):
+        """Per-unit mean cross-entropy ``[u]`` (float64 sums)."""
+        if self.binary:
+            ce = torch.nn.functional.softplus(M) - self.target * M  # [u, n, 1]
+        else:
+            ce = torch.logsumexp(M, dim=2) - (self.target * M).sum(2)  # [u, n]
+        return ce.sum(tuple(range(1, ce.ndim)), dtype=torch.float64) / self.n
+
+    def penalised(self, V, VP):
+        return 0.5 * self.l2 * (V * VP).sum((1, 2), dtype=torch.float64)
+
+    def times_penalty(self, V):
+        return V if self.penalty is None else torch.bmm(V, self.penalty)
+
+    def grad(self, resid, VP):
+        """Gradient ``([u, k, p], [u, k])`` from the residual and ``V P``."""
+        return torch.bmm(resid.transpose(1, 2), self.feats) + self.l2 * VP, resid.sum(1)
+
+    def grad_norm(self, gV, gb):
+        """Euclidean norm of the gradient w.r.t. the (standardised) weights and intercept."""
+        dual = gV if self.penalty_inv is None else torch.bmm(gV, self.penalty_inv)
+        return ((gV * dual).sum((1, 2)) + (gb * gb).sum(1)).clamp_min(0).sqrt()
+
+    def precondition(self, gV, gb):
+        """Apply the inverse start curvature to a gradient-shaped pair."""
+        if self.inv_hess is not None:
+            return torch.bmm(gV, self.inv_hess), gb / self.curv
+        return gV * self.inv_diag[:, None, :], gb / self.curv
+
+
+def _targets(codes: torch.Tensor, n_classes: int, dtype) -> torch.Tensor:
+    """``[1, n, k]`` regression targets: the label for binary, one-hot otherwise."""
+    if n_classes == 2:
+        return codes.to(dtype)[None, :, None]
+    return (codes[:, None] == torch.arange(n_classes, device=codes.device)).to(dtype)[None]
+
+
+def _probs_minus_target(M, target, binary: bool):
+    return (torch.sigmoid(M) if binary else torch.softmax(M, dim=2)) - target
+
+
+def _dot(aV, ab, cV, cb):
+    """Per-unit inner product of two (V, b) pairs, ``[u]``."""
+    return (aV * cV).sum((1, 2)) + (ab * cb).sum(1)
+
+
+def lbfgs(feats: Features, problem: Problem):
+    """Batched L-BFGS with per-unit line searches; returns ``V [u, p, k]``, ``b``, iterations, converged.
+
+    The line search moves along precomputed direction margins (``M + t * dM``), so a trial costs
+    one batched product (its gradient). A step is accepted when the directional derivative is
+    still <= 0 (the loss decreased: it is convex), else on the Armijo condition (float64 loss sums,
+    computed only then), or -- once the expected decrease is below float32 resolution -- when the
+    derivative has shrunk to 0.9 of its start. Units stop independently: converged (gradient norm
+    <= tol) or stalled (no acceptable step); finished units are dropped from the working set once
+    they are a quarter of it, so a batch costs its units' own iteration counts, not the slowest's.
+    """
+    lg = _Logistic(feats, problem)
+    u, k, p = lg.u, lg.k, lg.p
+    dtype, device = lg.feats.dtype, lg.feats.device
+    tiny = torch.finfo(dtype).tiny
+    out_V = torch.zeros(u, k, p, dtype=dtype, device=device)
+    out_b = torch.zeros(u, k, dtype=dtype, device=device)
+    n_iter = torch.zeros(u, dtype=torch.long, device=device)
+    out_converged = torch.zeros(u, dtype=torch.bool, device=device)
+    where = torch.arange(u, device=device)  # working-set row -> unit of the batch
+
+    V = torch.zeros(u, k, p, dtype=dtype, device=device)
+    b = torch.zeros(u, k, dtype=dtype, device=device)
+    M = lg.margins(V, b)
+    VP = lg.times_penalty(V)
+    gV, gb = lg.grad(lg.residual(M), VP)
+    f = None  # loss at the current point, computed on demand
+    history: list[tuple] = []
+    stalled = torch.zeros(u, dtype=torch.bool, device=device)
+    converged = lg.grad_norm(gV, gb) <= problem.tol
+    for iteration in range(problem.max_iter + 1):
+        finished = converged | stalled
+        if bool(finished.any()):
+            out_V[where[finished]], out_b[where[finished]] = V[finished], b[finished]
+            out_converged[where[finished]] = converged[finished]
+            if bool(finished.all()):
+                break
+            if 4 * int(finished.sum()) >= len(where):  # compact the working set
+                keep = (~finished).nonzero().flatten()
+                lg, where = lg.take(keep), where[keep]
+                V, b, M, VP, gV, gb = (t[keep] for t in (V, b, M, VP, gV, gb))
+                history = [tuple(t[keep] for t in pair) for pair in history]
+                stalled, converged = stalled[keep], converged[keep]
+                f = None
+        if iteration == problem.max_iter:
+            break
+        active = ~(converged | stalled)
+        n_iter[where] += active
+        # two-loop recursion, with the start curvature as the initial inverse Hessian
+        qV, qb = gV.clone(), gb.clone()
+        alphas = []
+        for sV, sb, yV, yb, rho in reversed(history):
+            a = rho * _dot(sV, sb, qV, qb)
+            qV -= a[:, None, None] * yV
+            qb -= a[:, None] * yb
+            alphas.append(a)
+        qV, qb = lg.precondition(qV, qb)
+        for (sV, sb, yV, yb, rho), a in zip(history, reversed(alphas)):
+            coeff = a - rho * _dot(yV, yb, qV, qb)
+            qV += coeff[:, None, None] * sV
+            qb += coeff[:, None] * sb
+        dV, db = -qV * active[:, None, None], -qb * active[:, None]
+        slope0 = _dot(gV, gb, dV, db)
+        dM = lg.margins(dV, db)
+        dP = lg.times_penalty(dV)
+        step = torch.ones(len(where), dtype=dtype, device=device)
+        accepted = ~active
+        new = None
+        for _trial in range(30):
+            t = step[:, None, None]
+            Mt, VPt, Vt = M + t * dM, VP + t * dP, V + t * dV
+            gVt, gbt = lg.grad(lg.residual(Mt), VPt)
+            slope = _dot(gVt, gbt, dV, db)
+            ok = ~accepted & (slope <= 0)
+            if bool((~accepted & ~ok).any()):  # overshoot: decide on the loss itself
+                if f is None:
+                    f = lg.loss(M) + lg.penalised(V, VP)
+                ft = lg.loss(Mt) + lg.penalised(Vt, VPt)
+                armijo = ft <= f + 1e-4 * step * slope0
+                unresolvable = (step * slope0).abs() <= 1e-6 * f.abs()
+                ok |= ~accepted & (armijo | (unresolvable & (slope <= 0.9 * slope0.abs())))
+            new = _take(ok, (Vt, b + step[:, None] * db, Mt, VPt, gVt, gbt), new)
+            accepted |= ok
+            if bool(accepted.all()):
+                break
+            shrink = (slope0 / (slope0 - slope)).nan_to_num(0.5).clamp(0.1, 0.5)
+            step = torch.where(accepted, step, step * shrink)
+        stalled |= ~accepted
+        moved = accepted & active
+        if not bool(moved.all()):
+            new = _take(moved, new, (V, b, M, VP, gV, gb))
+        Vn, bn, Mn, VPn, gVn, gbn = new
+        sV, sb, yV, yb = Vn - V, bn - b, gVn - gV, gbn - gb
+        sy = _dot(sV, sb, yV, yb)
+        curvature_ok = sy > 1e-10 * torch.sqrt(_dot(sV, sb, sV, sb) * _dot(yV, yb, yV, yb))
+        history.append((sV, sb, yV, yb, torch.where(curvature_ok, 1.0 / sy.clamp_min(tiny), torch.zeros_like(sy))))
+        del history[:-_LBFGS_HISTORY]
+        V, b, M, VP, gV, gb, f = Vn, bn, Mn, VPn, gVn, gbn, None
+        converged |= lg.grad_norm(gV, gb) <= problem.tol
+    unfinished = ~(converged | stalled)
+    if bool(unfinished.any()):  # max_iter reached
+        out_V[where[unfinished]], out_b[where[unfinished]] = V[unfinished], b[unfinished]
+    return out_V.transpose(1, 2), out_b, n_iter.cpu(), out_converged.cpu()
+
+
+def _take(ok, values, previous):
+    """Per unit, ``values`` where ``ok`` else ``previous`` (the first call takes ``values``)."""
+    if previous is None:
+        return values
+    return tuple(torch.where(ok.reshape(ok.shape + (1,) * (v.ndim - 1)), v, old) for v, old in zip(values, previous))
+
+
+# ============================================================================ Adam
+
+
+def fit_adam(feats: Features, problem: Problem, lr: float, batch_size: int, seed: int) -> Fit:
+    """Mini-batch Adam on the same objective (the expert-heads paper's training), all units at once.
+
+    Rows are shuffled with one seeded permutation per epoch, shared by all units; ``max_iter``
+    counts epochs.
+    """
+    f = feats.feats  # [u, n, p]
+    u, n, p = f.shape
+    lg = _Logistic(feats, problem, preconditioner=False)
+    k, device = lg.k, f.device
+    V = torch.zeros(u, k, p, dtype=f.dtype, device=device)
+    b = torch.zeros(u, k, dtype=f.dtype, device=device)
+    moments = [torch.zeros_like(V), torch.zeros_like(V), torch.zeros_like(b), torch.zeros_like(b)]
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    gen = torch.Generator().manual_seed(seed)
+    step = 0
+    for _epoch in range(problem.max_iter):
+        order = torch.randperm(n, generator=gen).to(device)
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]
+            fb = f[:, rows]  # [u, B, p]
+            M = torch.bmm(fb, V.transpose(1, 2)) + b[:, None, :]  # [u, B, k]
+            resid = _probs_minus_target(M, lg.target[:, rows], lg.binary) / len(rows)
+            gV = torch.bmm(resid.transpose(1, 2), fb) + problem.l2 * V
+            gb = resid.sum(1)
+            step += 1
+            for param, grad, m, v in ((V, gV, moments[0], moments[1]), (b, gb, moments[2], moments[3])):
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (v / (1 - beta2**step)).sqrt_().add_(eps)
+                param.addcdiv_(m, denom, value=-lr / (1 - beta1**step))
+    gV, gb = lg.grad(lg.residual(lg.margins(V, b)), V)
+    converged = (lg.grad_norm(gV, gb) <= problem.tol).cpu()
+    coef, intercept = feats.to_raw(V.transpose(1, 2), b)
+    return Fit(coef, intercept, torch.full((u,), problem.max_iter), converged, feats.rank)
