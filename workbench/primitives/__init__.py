@@ -5,7 +5,8 @@
   `intervene(model, edits)`, reference means (`mean_activations`, `class_prototypes`).
 - `steer`: `add_direction`, `project_out`, SAE steering (`sae_blend_hook`, `sae_modulation_hook`), `steer`.
 - `spec`: `InterventionSpec` (save / load / validate), `apply(model, spec)`.
-- `probe`: batched linear probes over many units at once (`LinearProbes`, `probe`, `unit_scores`).
+- `probe`: batched linear probes over many units at once (`LinearProbes`, `probe`, `unit_scores`);
+  `probe_inputs`, `probe_solver` (batched L-BFGS) and `probe_span` (exact low-rank shortcut) serve it.
 - `patch`: activation patching effect matrices (`patch_heads`, `patch_sites`).
 """
 from .ablate import (
