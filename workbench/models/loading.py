@@ -1,8 +1,10 @@
 """`load_clip`: one factory for embedded and open_clip models, offline-friendly."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Union
 
@@ -68,6 +70,25 @@ def load_state_dict(path: Union[str, Path]) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+class _DropRandomInitNotice(logging.Filter):
+    """open_clip logs "No pretrained weights loaded … initialized randomly" even when we load a checkpoint
+    right after; that line would mislead users, so it is dropped while we build the architecture."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init(active: bool):
+    notice = _DropRandomInitNotice()
+    if active:
+        logging.getLogger().addFilter(notice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notice)
+
+
 def _unknown_name_error(name: str) -> ValueError:
     import open_clip
 
@@ -107,7 +128,8 @@ def load_clip(name: str = "synthsocial", pretrained: Optional[str] = None, check
         raise _unknown_name_error(name)
 
     try:
-        model = open_clip.create_model(name, pretrained=pretrained, force_preprocess_cfg=force_preprocess)
+        with _quiet_random_init(checkpoint is not None):
+            model = open_clip.create_model(name, pretrained=pretrained, force_preprocess_cfg=force_preprocess)
     except Exception as e:  # network/offline/unknown-tag failures surface as many exception types
         tags = [t for n, t in open_clip.list_pretrained() if n == name]
         raise RuntimeError(
