@@ -4,12 +4,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from tests.models.archs import build_pair, register_tiny_configs
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _tiny_configs(tmp_path_factory):
-    register_tiny_configs(tmp_path_factory.mktemp("activation_model_configs"))
+from tests.models.archs import build_pair
 
 
 @pytest.fixture

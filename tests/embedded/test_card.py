@@ -2,7 +2,6 @@
 and its occupation retrieval carries the planted gender bias. Thresholds are the issue's targets; the
 measured values (README model card) clear them with margin."""
 import pytest
-import torch
 
 from workbench.models import embedded_models, load_clip
 

@@ -1,7 +1,9 @@
 """Random-weight open_clip architectures, built offline, with LayerNorms perturbed away from 1/0 so that
 equivalence checks are meaningful (an identity LayerNorm would hide a missing γ or β)."""
 import json
+import tempfile
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -28,12 +30,20 @@ ALL_ARCHS = BIG + ["wb-tiny"]  # the equivalence matrix: all token-pooled, so de
 TEXTS = ["a photo of a nurse", "a doctor", "", "an old firefighter standing in the street at night"]
 
 
-def register_tiny_configs(folder):
+_REGISTERED = []
+
+
+def register_tiny_configs():
+    """Make the tiny configs known to open_clip (once per process; the JSON files live in a temp folder)."""
+    if _REGISTERED:
+        return
     import open_clip
 
+    folder = Path(tempfile.mkdtemp(prefix="wb-model-configs-"))
     for name, cfg in TINY_CONFIGS.items():
         (folder / f"{name}.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(folder)
+    _REGISTERED.append(folder)
 
 
 def perturb_layernorms(model, scale=0.3, seed=0):
@@ -49,6 +59,7 @@ def perturb_layernorms(model, scale=0.3, seed=0):
 def build_open_clip(name, seed=1234):
     import open_clip
 
+    register_tiny_configs()
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -4,8 +4,8 @@ from tests.models.archs import ALL_ARCHS, build_pair, register_tiny_configs
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _tiny_configs(tmp_path_factory):
-    register_tiny_configs(tmp_path_factory.mktemp("model_configs"))
+def _tiny_configs():
+    register_tiny_configs()  # load_clip("wb-tiny") in the loading tests needs them before any build
 
 
 @pytest.fixture(params=ALL_ARCHS)

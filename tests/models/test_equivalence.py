@@ -1,5 +1,4 @@
 """Hooked towers reproduce open_clip exactly (fp32, max abs ≤ 1e-5) on random-weight architectures."""
-import pytest
 import torch
 
 from tests.models.archs import TEXTS, build_pair, images_for

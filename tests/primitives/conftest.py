@@ -2,15 +2,10 @@
 import pytest
 import torch
 
-from tests.models.archs import build_pair, images_for, register_tiny_configs
+from tests.models.archs import build_pair, images_for
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _tiny_configs(tmp_path_factory):
-    register_tiny_configs(tmp_path_factory.mktemp("primitives_model_configs"))
-
-
-@pytest.fixture
+@pytest.fixture(scope="session")
 def model():
     """wb-tiny: 32×32 images, 3 layers, d_model 64, 4 heads, d_mlp 256, d_embed 32 (shared, cached weights)."""
     return build_pair("wb-tiny")[1]

@@ -4,15 +4,9 @@ import math
 import pytest
 import torch
 
-from tests.models.archs import build_pair, images_for, register_tiny_configs
+from tests.models.archs import images_for
 from workbench.primitives.patch import (PatchResult, SitePatchResult, logit_metric, patch_heads, patch_sites,
                                         similarity_metric)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    register_tiny_configs(tmp_path_factory.mktemp("patch_configs"))
-    return build_pair("wb-tiny")[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.models.archs import build_pair, images_for, register_tiny_configs
+from tests.models.archs import images_for
 from workbench.primitives import (Edit, FingerprintMismatchError, FingerprintWarning, InterventionSpec, ModelRef,
                                   SAEError, SAERef, SidecarError, SpecError, SpecFormatError, SpecModelMismatchError,
                                   ablate_heads, ablate_latents, ablate_neurons, add_direction, apply, intervene,
@@ -20,9 +20,8 @@ HYPOTHESIS = settings(max_examples=25, deadline=None, database=None, suppress_he
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    register_tiny_configs(tmp_path_factory.mktemp("spec_configs"))
-    return build_pair("wb-tiny")[1]
+def tiny(model):  # this file's name for the shared wb-tiny model (tests/primitives/conftest.py)
+    return model
 
 
 def embed(model, images, spec, **kw):

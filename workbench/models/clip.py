@@ -49,7 +49,6 @@ class HookedCLIP(HookedRootModule):
         self.mod_dict, self.hook_dict = {}, {}
         for tower in (self.visual, self.text):
             if tower is not None:
-                tower.setup()
                 self.mod_dict.update(tower.mod_dict)
                 self.hook_dict.update(tower.hook_dict)
 

@@ -8,7 +8,6 @@ are exposed as properties for analysis.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,6 @@
 """HookedViT: the open_clip VisionTransformer image tower with TransformerLens hooks."""
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
