@@ -15,7 +15,7 @@ random direction ``u_h`` is set so the Bayes accuracy of head h is spread over [
 ``--full-rank 0.1`` adds isotropic noise of that std in all 512 dimensions (no low-rank structure:
 the worst case for LinearProbes' span shortcut).
 
-Run:  python benchmarks/bench_probe.py            (full size; ~1 min on 2 cores)
+Run:  python benchmarks/bench_probe.py            (full size; ~30 s on 2 cores)
       python benchmarks/bench_probe.py --quick    (small smoke run)
       --threads / --sklearn-threads set each side's threads (scikit-learn defaults to 1: on a
       2-core VM its multi-threaded BLAS was 4x slower than single-threaded).
@@ -111,7 +111,10 @@ def main(argv=None) -> dict:
         "--sklearn-threads", type=int, default=1,
         help="BLAS threads for scikit-learn (default 1: its fastest setting on small shared machines)",
     )
-    parser.add_argument("--repeats", type=int, default=1, help="LinearProbes fits (the best time is kept)")
+    parser.add_argument(
+        "--repeats", type=int, default=3,
+        help="LinearProbes fits; the best time is kept (timeit's convention: the VM's timing noise is one-sided)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.quick:

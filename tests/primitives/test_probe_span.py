@@ -82,3 +82,18 @@ def test_nan_outside_the_sample_is_caught_by_the_pass():
     x[row, 4, 7] = float("inf")
     with pytest.raises(ValueError, match="NaN or infinite.*unit 4"):
         find_spans(x, 1e-6, seed=0, offset=0, keys=None, unit_shape=(5,))
+
+
+def test_nearly_dependent_sample_rows_do_not_inflate_the_rank():
+    # A sample row nearly in the span of the earlier ones leaves a tiny true pivot in the LU and
+    # then a spurious one far above round-off; the normal-equation check must drop the latter.
+    rng = np.random.default_rng(5)
+    n, d, r = 2000, 256, 32
+    z = rng.standard_normal((n, r)) * np.arange(1, r + 1) ** -0.5  # a decaying spectrum
+    x = torch.from_numpy((z @ rng.standard_normal((r, d)) + rng.standard_normal(d))[:, None, :]).float()
+    gen = torch.Generator().manual_seed(0)
+    sample = torch.randperm(n, generator=gen)[:128]  # find_spans' sample for seed 0
+    centre = x[sample[: r - 1]].mean(0)
+    x[sample[r - 1]] = centre + 1e-3 * (x[sample[r - 1]] - centre)  # in the span, nearly dependent
+    spans = find_spans(x, 1e-4, seed=0, offset=0, keys=None, unit_shape=(1,))
+    assert [s.rank for s in spans] == [r]

@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -59,13 +60,21 @@ from .probe_inputs import (
     unit_frame,
     units_tensor,
 )
-from .probe_solver import Fit, Problem, dense_features, fit_adam, fit_lbfgs
+from .probe_solver import Fit, Problem, dense_features, fit_adam, fit_lbfgs, intra_op_threads
 from .probe_span import find_spans, span_features
 
 __all__ = ["LinearProbes", "ProbeResult", "probe", "unit_scores"]
 
 
 # ============================================================================ estimator
+
+_CPU_CHUNK_BYTES = 16 * 2**20  # a CPU chunk's gathered features (at rank 64): stays in cache
+
+
+def _cpu_chunk(n: int, n_units: int, itemsize: int) -> int:
+    """Units per chunk on CPU: cache-sized at a head's typical rank, and at least 4 chunks so the
+    threads share the work evenly."""
+    return max(1, min(_CPU_CHUNK_BYTES // (n * 64 * itemsize), -(-n_units // 4)))
 
 
 class LinearProbes:
@@ -86,7 +95,8 @@ class LinearProbes:
             standardised weights; ``coef_`` is always expressed for raw inputs.
         batch_size: Adam mini-batch size.
         unit_chunk: units processed together (bounds memory: a chunk's activations are copied
-            when they must move device or be centred); ``None`` = all units (CPU) / 64 (GPU).
+            when they must move device or be centred); ``None`` = cache-sized chunks on CPU
+            (fitted in parallel, one per thread) / 64 units on GPU.
         span_tol: relative size (Frobenius norm, centred data) below which data outside a unit's
             detected span count as round-off; ``0`` disables the low-rank shortcut.
         dtype: compute dtype (``torch.float32`` default; ``torch.float64`` for reference fits).
@@ -149,7 +159,8 @@ class LinearProbes:
         device = torch.device(self.device) if self.device is not None else acts.device
         l2 = 1.0 / n if self.l2 is None else float(self.l2)
         max_iter = self.max_iter if self.max_iter is not None else (10 if self.optimizer == "adam" else 100)
-        chunk = self.unit_chunk or (n_units if device.type == "cpu" else 64)
+        on_cpu = device.type == "cpu"
+        chunk = self.unit_chunk or (_cpu_chunk(n, n_units, acts.element_size()) if on_cpu else 64)
 
         coef = torch.zeros(n_units, d, n_out, dtype=torch.float64)
         intercept = torch.zeros(n_units, n_out, dtype=torch.float64)
@@ -157,12 +168,24 @@ class LinearProbes:
         converged = torch.zeros(n_units, dtype=torch.bool)
         span_rank = torch.full((n_units,), d, dtype=torch.long)
         codes_dev = codes.to(device)
-        for start in range(0, n_units, chunk):
-            units = slice(start, min(start + chunk, n_units))
-            x = acts[:, units]
+
+        def fit_chunk(start):
+            x = acts[:, start : start + chunk]
             if x.device != device:
                 x = x.to(device)
-            fits = self._fit_chunk(x, codes_dev, len(classes), l2, max_iter, start, keys, unit_shape)
+            return start, self._fit_chunk(x, codes_dev, len(classes), l2, max_iter, start, keys, unit_shape)
+
+        starts = range(0, n_units, chunk)
+        # On CPU each thread fits whole chunks with one intra-op thread: a chunk's tensors are
+        # cache-sized and its products skinny, so splitting each op across threads costs more than it
+        # saves (and OpenMP stalls badly when another process holds a core).
+        workers = min(torch.get_num_threads(), len(starts)) if on_cpu else 1
+        if workers > 1:
+            with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(fit_chunk, starts))
+        else:
+            results = map(fit_chunk, starts)
+        for start, fits in results:
             for rows, fit in fits:
                 at = rows + start
                 coef[at], intercept[at] = fit.coef.cpu(), fit.intercept.cpu()

@@ -24,7 +24,7 @@ import torch
 
 from .probe_inputs import nonfinite_error
 
-__all__ = ["Features", "Fit", "Problem", "dense_features", "fit_adam", "fit_lbfgs", "gram", "intra_op_threads"]
+__all__ = ["Features", "Fit", "Problem", "dense_features", "feature_products", "fit_adam", "fit_lbfgs", "gram", "intra_op_threads", "residual_products"]
 
 _SOLVER_BATCH_BYTES = 16 * 2**20  # features per solver batch: stays in cache across iterations
 _PRECONDITIONER_ROWS = 2048  # rows whose Gram approximates the start Hessian (when not needed exactly)
@@ -150,18 +150,20 @@ def intra_op_threads(count: int):
 class _Logistic:
     """Loss, gradient and curvature model of a batch of penalised logistic regressions.
 
-    Parameters ``V [u, k, p]`` and ``b [u, k]``; logits ``M [u, n, k]``; ``k = 1`` (sigmoid) or
-    ``classes`` (softmax). The features are used only as ``feats [u, n, p]`` in plain ``bmm``s
-    (no transposed copy: it would double the memory a batch keeps in cache).
+    Parameters ``V [a, k, p]`` and ``b [a, k]`` for the ``a`` active units ``units`` (indices into
+    the batch); logits ``M [a, k, n]``; ``k = 1`` (sigmoid) or ``classes`` (softmax). The features
+    ``feats [u, n, p]`` are never copied: dropping finished units only re-indexes (a copy of a
+    batch's features costs as much as an iteration), and each unit is read as one ``[n, p]`` matrix.
     """
 
     def __init__(self, feats: Features, problem: Problem, preconditioner: bool = True):
         f = feats.feats
         self.feats = f
-        self.u, self.n, self.p = f.shape
+        u, self.n, self.p = f.shape
+        self.units = torch.arange(u)
         self.binary = problem.n_classes == 2
         self.k = 1 if self.binary else problem.n_classes
-        self.target = _targets(problem.codes, problem.n_classes, f.dtype)  # [1, n, k]
+        self.target = _targets(problem.codes, problem.n_classes, f.dtype)  # [1, k, n]
         self.l2 = problem.l2
         self.penalty = None if feats.penalty is None else feats.penalty.to(f.dtype)
         self.penalty_inv = None if feats.penalty_inv is None else feats.penalty_inv.to(f.dtype)
@@ -183,31 +185,37 @@ class _Logistic:
             diag = self.curv * f.pow(2).mean(1, dtype=torch.float64) + self.l2 * pen.diagonal(dim1=-2, dim2=-1)
             self.inv_diag = 1.0 / diag.to(f.dtype)
 
+    @property
+    def u(self) -> int:
+        return len(self.units)
+
     def take(self, rows: torch.Tensor) -> "_Logistic":
-        """The same model restricted to units ``rows`` (drops finished units from a batch)."""
+        """The same model restricted to active units ``rows`` (drops finished units)."""
         new = object.__new__(_Logistic)
         new.__dict__.update(self.__dict__)
-        for name in ("feats", "penalty", "penalty_inv", "inv_hess", "inv_diag"):
+        for name in ("penalty", "penalty_inv", "inv_hess", "inv_diag"):
             value = getattr(self, name)
             if value is not None:
                 setattr(new, name, value[rows])
-        new.u = len(rows)
+        new.units = self.units[rows.cpu()]
         return new
 
     def margins(self, V, b):
-        """``[u, n, k]`` logits. (``bmm`` + add: ``baddbmm`` takes a slow non-BLAS path on CPU.)"""
-        return torch.bmm(self.feats, V.transpose(1, 2)) + b[:, None, :]
+        """``[a, k, n]`` logits."""
+        return feature_products(self.feats, V, self.units) + b[:, :, None]
 
     def residual(self, M):
-        """``(p - y) / n  [u, n, k]``."""
+        """``(p - y) / n  [a, k, n]``."""
         return _probs_minus_target(M, self.target, self.binary) / self.n
 
     def loss(self, M):
-        """Per-unit mean cross-entropy ``[u]`` (float64 sums)."""
+        """Per-unit mean cross-entropy ``[a]`` (float64 sums)."""
         if self.binary:
-            ce = torch.nn.functional.softplus(M) - self.target * M  # [u, n, 1]
+            # softplus(M) = max(M, 0) + log(1 + exp(-|M|)); spelled out because softplus and
+            # log1p are not vectorised on CPU (5x slower); log(1 + e) only loses e < 6e-8.
+            ce = M.clamp_min(0) + torch.log(1 + torch.exp(-M.abs())) - self.target * M  # [a, 1, n]
         else:
-            ce = torch.logsumexp(M, dim=2) - (self.target * M).sum(2)  # [u, n]
+            ce = torch.logsumexp(M, dim=1) - (self.target * M).sum(1)  # [a, n]
         return ce.sum(tuple(range(1, ce.ndim)), dtype=torch.float64) / self.n
 
     def penalised(self, V, VP):
@@ -217,8 +225,8 @@ class _Logistic:
         return V if self.penalty is None else torch.bmm(V, self.penalty)
 
     def grad(self, resid, VP):
-        """Gradient ``([u, k, p], [u, k])`` from the residual and ``V P``."""
-        return torch.bmm(resid.transpose(1, 2), self.feats) + self.l2 * VP, resid.sum(1)
+        """Gradient ``([a, k, p], [a, k])`` from the residual and ``V P``."""
+        return residual_products(self.feats, resid, self.units) + self.l2 * VP, resid.sum(2)
 
     def grad_norm(self, gV, gb):
         """Euclidean norm of the gradient w.r.t. the (standardised) weights and intercept."""
@@ -232,125 +240,179 @@ class _Logistic:
         return gV * self.inv_diag[:, None, :], gb / self.curv
 
 
+# The two products every solver iteration makes with the features. On CPU they run one unit at a
+# time: a batched bmm of these skinny products is 5-8x slower there than the same BLAS calls made
+# per unit (MKL, measured), and a loop needs no copy of a working set's features. Elsewhere, one bmm.
+
+
+def feature_products(feats: torch.Tensor, V: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+    """``V[j] @ feats[units[j]]^T`` for ``feats [u, n, p]``, ``V [a, k, p]``: ``[a, k, n]``."""
+    if feats.device.type != "cpu":
+        f = feats if units is None or len(units) == feats.shape[0] else feats[units.to(feats.device)]
+        return torch.bmm(V, f.transpose(1, 2))
+    units = range(feats.shape[0]) if units is None else units.tolist()
+    out = V.new_empty(len(units), V.shape[1], feats.shape[1])
+    for j, unit in enumerate(units):
+        torch.mm(V[j], feats[unit].T, out=out[j])
+    return out
+
+
+def residual_products(feats: torch.Tensor, R: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+    """``R[j] @ feats[units[j]]`` for ``feats [u, n, p]``, ``R [a, k, n]``: ``[a, k, p]``."""
+    if feats.device.type != "cpu":
+        f = feats if units is None or len(units) == feats.shape[0] else feats[units.to(feats.device)]
+        return torch.bmm(R, f)
+    units = range(feats.shape[0]) if units is None else units.tolist()
+    out = R.new_empty(len(units), R.shape[1], feats.shape[2])
+    for j, unit in enumerate(units):
+        torch.mm(R[j], feats[unit], out=out[j])
+    return out
+
+
 def _targets(codes: torch.Tensor, n_classes: int, dtype) -> torch.Tensor:
-    """``[1, n, k]`` regression targets: the label for binary, one-hot otherwise."""
+    """``[1, k, n]`` regression targets: the label for binary, one-hot otherwise."""
     if n_classes == 2:
-        return codes.to(dtype)[None, :, None]
-    return (codes[:, None] == torch.arange(n_classes, device=codes.device)).to(dtype)[None]
+        return codes.to(dtype)[None, None, :]
+    return (codes[None, :] == torch.arange(n_classes, device=codes.device)[:, None]).to(dtype)[None]
 
 
 def _probs_minus_target(M, target, binary: bool):
-    return (torch.sigmoid(M) if binary else torch.softmax(M, dim=2)) - target
-
-
-def _dot(aV, ab, cV, cb):
-    """Per-unit inner product of two (V, b) pairs, ``[u]``."""
-    return (aV * cV).sum((1, 2)) + (ab * cb).sum(1)
+    return (torch.sigmoid(M) if binary else torch.softmax(M, dim=1)) - target
 
 
 def lbfgs(feats: Features, problem: Problem):
     """Batched L-BFGS with per-unit line searches; returns ``V [u, p, k]``, ``b``, iterations, converged.
 
+    Each unit's parameters are one flat vector ``z = (V, b)``. The direction comes from the compact
+    form of the L-BFGS inverse Hessian (Byrd, Nocedal & Schnabel 1994, thm 2.2) with the start
+    curvature as ``H0``: a dozen batched products on ``[units, history, dim]`` tensors instead of
+    the two-loop recursion's hundreds of small ops (on CPU the solver is bound by op overhead).
     The line search moves along precomputed direction margins (``M + t * dM``), so a trial costs
-    one batched product (its gradient). A step is accepted when the directional derivative is
-    still <= 0 (the loss decreased: it is convex), else on the Armijo condition (float64 loss sums,
-    computed only then), or -- once the expected decrease is below float32 resolution -- when the
+    one product (its gradient). A step is accepted when the directional derivative is still <= 0
+    (the loss decreased: it is convex), else on the Armijo condition (float64 loss sums, computed
+    only then), or -- once the expected decrease is below float32 resolution -- when the
     derivative has shrunk to 0.9 of its start. Units stop independently: converged (gradient norm
-    <= tol) or stalled (no acceptable step); finished units are dropped from the working set once
-    they are a quarter of it, so a batch costs its units' own iteration counts, not the slowest's.
+    <= tol) or stalled (no acceptable step) and leave the working set at once (the features are
+    only re-indexed), so a batch costs its units' own iteration counts, not the slowest's.
     """
     lg = _Logistic(feats, problem)
     u, k, p = lg.u, lg.k, lg.p
+    kp = k * p
     dtype, device = lg.feats.dtype, lg.feats.device
-    tiny = torch.finfo(dtype).tiny
-    out_V = torch.zeros(u, k, p, dtype=dtype, device=device)
-    out_b = torch.zeros(u, k, dtype=dtype, device=device)
+
+    def split(z):
+        return z[:, :kp].view(len(z), k, p), z[:, kp:]
+
+    def flat(gV, gb):
+        return torch.cat([gV.flatten(1), gb], 1)
+
+    def gradient(M, VP):
+        return flat(*lg.grad(lg.residual(M), VP))
+
+    def grad_norm(g):
+        return lg.grad_norm(*split(g))
+
+    def h0(g):
+        return flat(*lg.precondition(*split(g)))
+
+    out_z = torch.zeros(u, kp + k, dtype=dtype, device=device)
     n_iter = torch.zeros(u, dtype=torch.long, device=device)
     out_converged = torch.zeros(u, dtype=torch.bool, device=device)
     where = torch.arange(u, device=device)  # working-set row -> unit of the batch
 
-    V = torch.zeros(u, k, p, dtype=dtype, device=device)
-    b = torch.zeros(u, k, dtype=dtype, device=device)
-    M = lg.margins(V, b)
-    VP = lg.times_penalty(V)
-    gV, gb = lg.grad(lg.residual(M), VP)
+    z = torch.zeros(u, kp + k, dtype=dtype, device=device)
+    M = lg.margins(*split(z))
+    VP = lg.times_penalty(split(z)[0])
+    g = gradient(M, VP)
     f = None  # loss at the current point, computed on demand
-    history: list[tuple] = []
+    S = Y = HY = None  # history [a, m, D]: steps, gradient changes, H0 @ gradient changes
     stalled = torch.zeros(u, dtype=torch.bool, device=device)
-    converged = lg.grad_norm(gV, gb) <= problem.tol
+    converged = grad_norm(g) <= problem.tol
     for iteration in range(problem.max_iter + 1):
         finished = converged | stalled
         if bool(finished.any()):
-            out_V[where[finished]], out_b[where[finished]] = V[finished], b[finished]
+            out_z[where[finished]] = z[finished]
             out_converged[where[finished]] = converged[finished]
             if bool(finished.all()):
                 break
-            if 4 * int(finished.sum()) >= len(where):  # compact the working set
-                keep = (~finished).nonzero().flatten()
-                lg, where = lg.take(keep), where[keep]
-                V, b, M, VP, gV, gb = (t[keep] for t in (V, b, M, VP, gV, gb))
-                history = [tuple(t[keep] for t in pair) for pair in history]
-                stalled, converged = stalled[keep], converged[keep]
-                f = None
+            keep = (~finished).nonzero().flatten()
+            lg, where = lg.take(keep), where[keep]
+            z, M, VP, g, stalled, converged = (t[keep] for t in (z, M, VP, g, stalled, converged))
+            if S is not None:
+                S, Y, HY = S[keep], Y[keep], HY[keep]
+            f = None
         if iteration == problem.max_iter:
             break
-        active = ~(converged | stalled)
-        n_iter[where] += active
-        # two-loop recursion, with the start curvature as the initial inverse Hessian
-        qV, qb = gV.clone(), gb.clone()
-        alphas = []
-        for sV, sb, yV, yb, rho in reversed(history):
-            a = rho * _dot(sV, sb, qV, qb)
-            qV -= a[:, None, None] * yV
-            qb -= a[:, None] * yb
-            alphas.append(a)
-        qV, qb = lg.precondition(qV, qb)
-        for (sV, sb, yV, yb, rho), a in zip(history, reversed(alphas)):
-            coeff = a - rho * _dot(yV, yb, qV, qb)
-            qV += coeff[:, None, None] * sV
-            qb += coeff[:, None] * sb
-        dV, db = -qV * active[:, None, None], -qb * active[:, None]
-        slope0 = _dot(gV, gb, dV, db)
+        n_iter[where] += 1
+        d = -_compact_lbfgs_direction(g, h0(g), S, Y, HY)
+        slope0 = (g * d).sum(1)
+        dV, db = split(d)
         dM = lg.margins(dV, db)
         dP = lg.times_penalty(dV)
         step = torch.ones(len(where), dtype=dtype, device=device)
-        accepted = ~active
+        accepted = torch.zeros(len(where), dtype=torch.bool, device=device)
         new = None
         for _trial in range(30):
             t = step[:, None, None]
-            Mt, VPt, Vt = M + t * dM, VP + t * dP, V + t * dV
-            gVt, gbt = lg.grad(lg.residual(Mt), VPt)
-            slope = _dot(gVt, gbt, dV, db)
+            Mt, VPt = torch.addcmul(M, t, dM), torch.addcmul(VP, t, dP)
+            gt = gradient(Mt, VPt)
+            slope = (gt * d).sum(1)
             ok = ~accepted & (slope <= 0)
             if bool((~accepted & ~ok).any()):  # overshoot: decide on the loss itself
                 if f is None:
-                    f = lg.loss(M) + lg.penalised(V, VP)
-                ft = lg.loss(Mt) + lg.penalised(Vt, VPt)
+                    f = lg.loss(M) + lg.penalised(split(z)[0], VP)
+                ft = lg.loss(Mt) + lg.penalised(split(torch.addcmul(z, step[:, None], d))[0], VPt)
                 armijo = ft <= f + 1e-4 * step * slope0
                 unresolvable = (step * slope0).abs() <= 1e-6 * f.abs()
                 ok |= ~accepted & (armijo | (unresolvable & (slope <= 0.9 * slope0.abs())))
-            new = _take(ok, (Vt, b + step[:, None] * db, Mt, VPt, gVt, gbt), new)
+            new = _take(ok, (step, Mt, VPt, gt), new)
             accepted |= ok
             if bool(accepted.all()):
                 break
             shrink = (slope0 / (slope0 - slope)).nan_to_num(0.5).clamp(0.1, 0.5)
             step = torch.where(accepted, step, step * shrink)
         stalled |= ~accepted
-        moved = accepted & active
-        if not bool(moved.all()):
-            new = _take(moved, new, (V, b, M, VP, gV, gb))
-        Vn, bn, Mn, VPn, gVn, gbn = new
-        sV, sb, yV, yb = Vn - V, bn - b, gVn - gV, gbn - gb
-        sy = _dot(sV, sb, yV, yb)
-        curvature_ok = sy > 1e-10 * torch.sqrt(_dot(sV, sb, sV, sb) * _dot(yV, yb, yV, yb))
-        history.append((sV, sb, yV, yb, torch.where(curvature_ok, 1.0 / sy.clamp_min(tiny), torch.zeros_like(sy))))
-        del history[:-_LBFGS_HISTORY]
-        V, b, M, VP, gV, gb, f = Vn, bn, Mn, VPn, gVn, gbn, None
-        converged |= lg.grad_norm(gV, gb) <= problem.tol
+        if not bool(accepted.all()):  # stalled units stay where they are
+            new = _take(accepted, new, (torch.zeros_like(step), M, VP, g))
+        step, M, VP, g_new = new
+        s = step[:, None] * d
+        y = g_new - g
+        z, g, f = z + s, g_new, None
+        sy = (s * y).sum(1)
+        curvature_ok = sy > 1e-10 * torch.sqrt((s * s).sum(1) * (y * y).sum(1))
+        s, y = s * curvature_ok[:, None], y * curvature_ok[:, None]  # a zero pair is inert
+        S, Y, HY = (
+            v[:, None] if H is None else torch.cat([H[:, 1 - _LBFGS_HISTORY :], v[:, None]], 1)
+            for H, v in ((S, s), (Y, y), (HY, h0(y)))
+        )
+        converged |= grad_norm(g) <= problem.tol
     unfinished = ~(converged | stalled)
     if bool(unfinished.any()):  # max_iter reached
-        out_V[where[unfinished]], out_b[where[unfinished]] = V[unfinished], b[unfinished]
-    return out_V.transpose(1, 2), out_b, n_iter.cpu(), out_converged.cpu()
+        out_z[where[unfinished]] = z[unfinished]
+    V, b = split(out_z)
+    return V.transpose(1, 2), b, n_iter.cpu(), out_converged.cpu()
+
+
+def _compact_lbfgs_direction(g, h0g, S, Y, HY):
+    """``H g`` for the L-BFGS inverse Hessian ``H`` built on ``H0`` from pairs ``S, Y [a, m, D]``
+    (``HY = H0 Y``; ``h0g = H0 g``), in compact form::
+
+        H g = H0 g + S^T q - HY^T p,   p = R^-1 S g,   q = R^-T ((D + Y HY^T) p - HY g)
+
+    with ``R`` the upper triangle of ``S Y^T`` and ``D`` its diagonal. An all-zero pair (curvature
+    test failed) decouples: its ``R`` diagonal is set to 1 and its ``p``, ``q`` entries are 0.
+    """
+    if S is None:
+        return h0g
+    R = torch.bmm(S, Y.transpose(1, 2)).triu()
+    diag = R.diagonal(dim1=1, dim2=2)
+    diag += diag == 0  # inert pairs
+    a = torch.bmm(S, g[:, :, None])  # [a, m, 1]
+    c = torch.bmm(HY, g[:, :, None])
+    pv = torch.linalg.solve_triangular(R, a, upper=True)
+    inner = torch.bmm(Y, HY.transpose(1, 2)) + torch.diag_embed(diag)
+    q = torch.linalg.solve_triangular(R.transpose(1, 2), torch.bmm(inner, pv) - c, upper=False)
+    return h0g + torch.bmm(q.transpose(1, 2), S)[:, 0] - torch.bmm(pv.transpose(1, 2), HY)[:, 0]
 
 
 def _take(ok, values, previous):
@@ -384,10 +446,10 @@ def fit_adam(feats: Features, problem: Problem, lr: float, batch_size: int, seed
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]
             fb = f[:, rows]  # [u, B, p]
-            M = torch.bmm(fb, V.transpose(1, 2)) + b[:, None, :]  # [u, B, k]
-            resid = _probs_minus_target(M, lg.target[:, rows], lg.binary) / len(rows)
-            gV = torch.bmm(resid.transpose(1, 2), fb) + problem.l2 * V
-            gb = resid.sum(1)
+            M = feature_products(fb, V) + b[:, :, None]  # [u, k, B]
+            resid = _probs_minus_target(M, lg.target[:, :, rows], lg.binary) / len(rows)
+            gV = residual_products(fb, resid) + problem.l2 * V
+            gb = resid.sum(2)
             step += 1
             for param, grad, m, v in ((V, gV, moments[0], moments[1]), (b, gb, moments[2], moments[3])):
                 m.mul_(beta1).add_(grad, alpha=1 - beta1)

@@ -8,10 +8,10 @@ for a fraction of the work (the benchmark's heads: 64 of 512 dimensions).
 
 Two steps, both exact up to ``span_tol``:
 
-1. :func:`find_spans` -- each unit's span from a sample of rows (pivoted Cholesky), ``rank``
-   well-conditioned pivot columns of X and the map ``psi`` from them back to whole rows (LU);
-   then *one pass over X* that checks the span on every row (random row combinations,
-   Freivalds' check) and gathers the pivot columns, unit-major;
+1. :func:`find_spans` -- each unit's span from a sample of rows: one LU with partial pivoting
+   gives the rank, ``rank`` well-conditioned pivot columns of X and the map ``psi`` from them
+   back to whole rows; then *one pass over X* that checks the span on every row (random row
+   combinations, Freivalds' check) and gathers the pivot columns, unit-major;
 2. :func:`span_features` -- the solver's :class:`~workbench.primitives.probe_solver.Features` in
    those ``rank`` coordinates, with the penalty that makes the objective identical.
 
@@ -20,20 +20,18 @@ Units whose data are not (to ``span_tol``) in a low-dimensional span are left to
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .probe_inputs import nonfinite_error
-from .probe_solver import Features, gram, intra_op_threads
+from .probe_solver import Features, gram
 
 __all__ = ["Span", "find_spans", "span_features"]
 
 _SPAN_SAMPLE_ROWS = 128  # rows used to find a unit's span; ranks up to ~120 are detected
-_SPAN_PROBES = 4  # random row combinations that check the span on every row
-_PASS_BLOCK_BYTES = 8 * 2**20  # rows of X per block of the check-and-gather pass: stays in cache
+_SPAN_PROBES = 4  # random row combinations that check the span (each on a share of the rows)
 
 
 @dataclass
@@ -53,10 +51,9 @@ def find_spans(x: torch.Tensor, tol: float, seed: int, offset: int, keys, unit_s
     """Detect each unit's low-dimensional affine span from sampled rows and verify it on all rows.
 
     ``x [n, u, d]``; ``offset``, ``keys`` and ``unit_shape`` locate its units in the user's X for
-    errors. Pivoted Cholesky of the sampled rows' Gram picks rows until the rest lie within
-    ``tol / 2`` (relative Frobenius norm) of their span: the rank. A partially pivoted LU of those
-    rows then picks ``rank`` well-conditioned feature columns (every entry of L is at most 1) and the
-    map ``psi`` from them to the whole row. Every row is then checked at once through a few random
+    errors. A partially pivoted LU of the sampled rows finds the rank and ``rank`` well-conditioned
+    feature columns; least squares over the sample gives the map ``psi`` from them to the whole row
+    (:func:`_spans_of_sample`). Every row is then checked at once through a few random
     centred row combinations ``h^T x`` (Freivalds' check), in the same pass over X that gathers the
     pivot columns: the part outside the span must be below ``tol`` of their norm. Units without a
     short span are left out.
@@ -67,21 +64,18 @@ def find_spans(x: torch.Tensor, tol: float, seed: int, offset: int, keys, unit_s
         return []
     gen = torch.Generator().manual_seed(seed)
     rows = torch.randperm(n, generator=gen)[:m].to(x.device)
-    probes = torch.randn(n, _SPAN_PROBES, generator=gen, dtype=torch.float64)
-    probes = (probes - probes.mean(0)).to(device=x.device, dtype=x.dtype)  # centred: removes the anchor
+    weights = torch.randn(n, generator=gen, dtype=torch.float64)
 
-    candidates = _candidate_spans(x[rows], tol)
+    candidates = _spans_of_sample(x[rows], tol)
     if not candidates:
         return []
 
-    mixed, gathered = _mix_and_gather(x, probes, [(c.units.to(x.device)[:, None] * d + c.cols) for c in candidates])
-    mixed = mixed.reshape(_SPAN_PROBES, n_units, d).transpose(0, 1).double()  # [u, probes, d]
-    if not bool(torch.isfinite(mixed).all()):
-        bad = (~torch.isfinite(mixed)).flatten(1).any(1).nonzero()[0].item()
-        raise nonfinite_error(bad + offset, unit_shape, keys)
+    mixed, gathered = _mix_and_gather(x, weights, candidates)
     spans = []
-    for span, columns in zip(candidates, gathered):
-        mix = mixed[span.units.to(x.device)]
+    for span, mix, columns in zip(candidates, mixed, gathered):
+        if not bool(torch.isfinite(mix).all()):
+            bad = span.units[(~torch.isfinite(mix)).flatten(1).any(1).cpu()][0].item()
+            raise nonfinite_error(bad + offset, unit_shape, keys)
         inside = torch.gather(mix, 2, span.cols[:, None, :].expand(-1, _SPAN_PROBES, -1)) @ span.psi_t.transpose(1, 2)
         ok = ((mix - inside).norm(dim=(1, 2)) <= tol * mix.norm(dim=(1, 2))).cpu()
         if bool(ok.all()):
@@ -93,131 +87,119 @@ def find_spans(x: torch.Tensor, tol: float, seed: int, offset: int, keys, unit_s
     return spans
 
 
-def _candidate_spans(sample: torch.Tensor, tol: float) -> list[Span]:
-    """Spans of the units of ``sample [m, u, d]`` (rows of X), one :class:`Span` per rank; not yet checked.
-
-    Many small factorisations: on CPU the threads take a share of the units each, with one
-    intra-op thread (faster than splitting every small product, and OpenMP stalls badly when
-    another process holds a core). A unit's span does not depend on the split (up to rounding).
-    """
-    n_units = sample.shape[1]
-    workers = min(torch.get_num_threads(), n_units)
-    if workers <= 1 or sample.device.type != "cpu":
-        return _spans_of_sample(sample, tol)
-    bounds = [n_units * w // workers for w in range(workers + 1)]
-    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
-        found = list(pool.map(lambda w: _spans_of_sample(sample[:, bounds[w] : bounds[w + 1]], tol), range(workers)))
-    by_rank: dict[int, list[Span]] = {}
-    for start, spans in zip(bounds, found):
-        for span in spans:
-            span.units += start  # indices into all units (still ascending within a rank)
-            by_rank.setdefault(span.rank, []).append(span)
-    return [
-        Span(*(torch.cat([getattr(s, name) for s in group]) for name in ("units", "cols", "psi_t", "anchor")), rank, None)
-        for rank, group in sorted(by_rank.items())
-    ]
-
-
 def _spans_of_sample(sample: torch.Tensor, tol: float) -> list[Span]:
-    """:func:`_candidate_spans` for one share of the units."""
+    """Candidate spans of the units of ``sample [m, u, d]`` (rows of X), one :class:`Span` per
+    rank; not yet checked.
+
+    One LU with partial pivoting per unit of the centred sample, transposed (``[d, m]``: features
+    are rows, so pivoting picks X's columns): the feature pivoted on at step ``j`` is a candidate
+    column when the pivot ``|U_jj|`` is above round-off, and joins the columns ``J`` when its values
+    over the sample are not (to ``tol``) a combination of the earlier candidates'. ``psi`` is then
+    the least-squares map from ``x[J]`` to ``x`` over all sampled rows (float64), which averages
+    out the rounding of X where a map through ``rank`` rows would amplify it. The LU is only a detector -- every row of X is checked afterwards -- so
+    a wrong rank costs at most the shortcut for that unit, never exactness.
+    """
     m, _, d = sample.shape
-    sample = sample.double().transpose(0, 1)  # [u, m, d]
-    anchor = sample.mean(1)
-    sample -= anchor[:, None, :]
-    picked_rows, rank = _pivoted_cholesky(sample @ sample.transpose(1, 2), (tol / 2) ** 2, max_rank=m - 8)
+    centred = sample.double().transpose(0, 1).contiguous()  # [u, m, d]
+    anchor = centred.mean(1)
+    centred -= anchor[:, None, :]
+    # X's own precision is enough for the LU: it only proposes columns. Float32 rounding leaves
+    # pivots near 1e-7 of a row after the true rank, so anything above tol / 100 is a candidate;
+    # which candidates are real is decided on the whole sample by _drop_spurious_pivots.
+    lu, swaps, _ = torch.linalg.lu_factor_ex(centred.to(sample.dtype).transpose(1, 2))  # column-major
+    row_rms = centred.pow(2).sum((1, 2)).div(m).sqrt()
+    new_direction = lu.diagonal(dim1=1, dim2=2).abs().double() > 1e-2 * tol * row_rms[:, None]  # [u, m]
+    perm = torch.from_numpy(_swaps_to_permutation(swaps.cpu().numpy() - 1, d)).to(sample.device)
+    reducible = _drop_spurious_pivots(centred, new_direction, perm, tol)
+    rank = new_direction.sum(1)
     # A sample that stayed (nearly) full rank may not have seen the whole span: no shortcut.
-    reducible = (rank <= m - 8) & (2 * rank <= d)
+    reducible &= (rank >= 1) & (rank <= m - 8) & (2 * rank <= d)
+    if not bool(reducible.any()):
+        return []
     candidates = []
     for r in torch.unique(rank[reducible]).tolist():
         units = (reducible & (rank == r)).nonzero().flatten()
-        r = max(int(r), 1)
-        basis = torch.gather(sample[units], 1, picked_rows[units, :r, None].expand(-1, -1, d))  # [g, r, d]
-        cols, psi_t = _pivot_columns(basis)
-        candidates.append(Span(units.cpu(), cols, psi_t, anchor[units], r, None))
+        steps = new_direction[units].nonzero()[:, 1].reshape(len(units), r)  # [g, r]
+        cols = torch.gather(perm[units], 1, steps).sort(1).values  # ascending: near-sequential gathers
+        rows = centred[units]  # [g, m, d]
+        picked = torch.gather(rows, 2, cols[:, None, :].expand(-1, m, -1))  # [g, m, r]
+        chol = torch.linalg.cholesky_ex(picked.transpose(1, 2) @ picked)[0]  # normal equations [g, r, r]
+        # (an explicit inverse times the right-hand side: 3x faster than a batched solve here)
+        psi = torch.cholesky_inverse(chol) @ (picked.transpose(1, 2) @ rows)  # [g, r, d]
+        candidates.append(Span(units.cpu(), cols, psi.transpose(1, 2), anchor[units], r, None))
     return candidates
 
 
-def _mix_and_gather(x: torch.Tensor, probes: torch.Tensor, indexes: list[torch.Tensor]):
-    """One pass over ``x [n, u, d]`` in row blocks: ``probes^T x`` ``[n, probes]`` and gathered columns.
+def _drop_spurious_pivots(centred: torch.Tensor, new_direction: torch.Tensor, perm: torch.Tensor, tol: float):
+    """Clear the LU steps of ``new_direction [u, m]`` (in place) whose column adds nothing.
 
-    Returns ``mixed [probes, u * d]`` (x's dtype) and, per index ``[g, r]`` into a row's ``u * d``
-    entries, the gathered columns unit-major ``[g, n, r]`` -- the layout the solver reads. A block
-    is gathered while it is still in cache from the product, so X is read from memory once. With
-    several threads, each takes a share of the blocks (one intra-op thread each: the blocks are
-    cache-sized, and this also avoids OpenMP stalls on a busy machine).
+    The LU takes sample rows in order, so its pivots alone mislead: a nearly dependent row leaves a
+    tiny pivot for a true direction (which later rows then lack), and after it a spurious one well
+    above round-off. A column whose values over the whole sample lie within ``tol`` (relative) of
+    the span of the earlier columns adds nothing; a Cholesky of the normal equations in step order
+    measures exactly that (its diagonal is each column's residual norm). Returns ``[u]`` False for
+    units whose columns were not even numerically independent.
+    """
+    m, d = centred.shape[1:]
+    usable = torch.ones(len(new_direction), dtype=torch.bool, device=new_direction.device)
+    rank = new_direction.sum(1)
+    for r in torch.unique(rank[(rank >= 1) & (rank < m)]).tolist():
+        units = (rank == r).nonzero().flatten()
+        steps = new_direction[units].nonzero()[:, 1].reshape(len(units), r)
+        cols = torch.gather(perm[units], 1, steps)  # in step order
+        picked = torch.gather(centred[units], 2, cols[:, None, :].expand(-1, m, -1))
+        normal = picked.transpose(1, 2) @ picked
+        chol, info = torch.linalg.cholesky_ex(normal)
+        residual = chol.diagonal(dim1=1, dim2=2) / normal.diagonal(dim1=1, dim2=2).sqrt()
+        usable[units[info != 0]] = False
+        weak = (residual <= tol) & (info == 0)[:, None]
+        if bool(weak.any()):
+            at = weak.nonzero()
+            new_direction[units[at[:, 0]], steps[at[:, 0], at[:, 1]]] = False
+    return usable
+
+
+def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
+    """One pass over the spans' units of ``x [n, u, d]``: random row combinations and pivot columns.
+
+    Rows go in blocks (about 1 MiB on CPU: still in cache for the gather after the product, so X is
+    read from memory once); block ``i`` feeds probe ``i mod P``, ``h_q^T x`` with ``h_q`` the
+    ``weights`` of its rows centred (so the anchor cancels). Each probe thus checks a share of
+    the rows, and every element of X costs one multiply-add, not ``P``.
+
+    Returns, per span, ``mixed [g, P, d]`` (float64) and the gathered columns unit-major
+    ``[g, n, rank]`` -- the layout the solver reads.
     """
     n, n_units, d = x.shape
-    gathered = [torch.empty(len(i), n, i.shape[1], dtype=x.dtype, device=x.device) for i in indexes]
-    flat = [i.reshape(-1) for i in indexes]
     on_cpu = x.device.type == "cpu"
-    block = max(1, _PASS_BLOCK_BYTES // max(1, n_units * d * x.element_size())) if on_cpu else n
+    block = max(1, 2**20 // (n_units * d * x.element_size())) if on_cpu else -(-n // _SPAN_PROBES)
     starts = list(range(0, n, block))
-
-    def run(share: list[int]) -> torch.Tensor:
-        mixed = torch.zeros(probes.shape[1], n_units * d, dtype=x.dtype, device=x.device)
-        for start in share:
-            stop = min(start + block, n)
-            xb = x[start:stop].reshape(stop - start, n_units * d)  # a view when x is row-major
-            mixed.addmm_(probes[start:stop].T, xb)
-            for out, index in zip(gathered, flat):
-                out[:, start:stop] = xb.index_select(1, index).view(stop - start, len(out), -1).transpose(0, 1)
-        return mixed
-
-    workers = min(torch.get_num_threads(), len(starts))
-    if workers <= 1 or not on_cpu:
-        return run(starts), gathered
-    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
-        return sum(pool.map(run, [starts[w::workers] for w in range(workers)])), gathered
-
-
-def _pivoted_cholesky(gram: torch.Tensor, rel_energy: float, max_rank: int):
-    """Greedy pivoted Cholesky of ``gram [u, m, m]`` (float64), vectorised over units.
-
-    Returns the pivot order ``[u, max_rank]`` and, per unit, the number of pivots after which the
-    residual trace is at most ``rel_energy`` of the total (``max_rank + 1`` if never reached).
-    """
-    u, m, _ = gram.shape
-    diag = gram.diagonal(dim1=1, dim2=2).clone()
-    total = diag.sum(1)
-    lower = gram.new_zeros(u, m, max_rank)
-    pivots = torch.zeros(u, max_rank, dtype=torch.long, device=gram.device)
-    rank = torch.full((u,), max_rank + 1, dtype=torch.long, device=gram.device)
-    for j in range(max_rank):
-        done = diag.clamp_min(0).sum(1) <= rel_energy * total
-        rank = torch.where(done & (rank > j), j, rank)
-        if bool(done.all()):
-            break
-        i = diag.argmax(1)
-        pivots[:, j] = i
-        column = torch.gather(gram, 2, i[:, None, None].expand(u, m, 1))[..., 0]
-        row_i = torch.gather(lower[:, :, :j], 1, i[:, None, None].expand(u, 1, j))  # [u, 1, j]
-        column = column - (lower[:, :, :j] @ row_i.transpose(1, 2))[..., 0]
-        lower[:, :, j] = column / torch.gather(diag, 1, i[:, None]).clamp_min(1e-300).sqrt()
-        diag -= lower[:, :, j] ** 2
-        diag.scatter_(1, i[:, None], 0.0)
-    else:
-        done = diag.clamp_min(0).sum(1) <= rel_energy * total
-        rank = torch.where(done & (rank > max_rank), max_rank, rank)
-    return pivots, rank
-
-
-def _pivot_columns(basis: torch.Tensor):
-    """Well-conditioned columns of row bases ``[g, r, d]`` and the map back to whole rows.
-
-    LU with partial pivoting of ``basis^T = P L U`` picks the first ``r`` pivot rows as the columns
-    ``J``; every row ``x`` in the span then satisfies ``x = x[J] @ psi`` with
-    ``psi^T = P L L[:r]^{-1}``. Returns ``J [g, r]`` (ascending) and ``psi^T [g, d, r]``.
-    """
-    g, r, d = basis.shape
-    lu, swaps, _ = torch.linalg.lu_factor_ex(basis.transpose(1, 2))  # [g, d, r]
-    perm = torch.from_numpy(_swaps_to_permutation(swaps.cpu().numpy() - 1, d)).to(basis.device)
-    lower = lu.tril(-1)
-    lower[:, :r, :r] += torch.eye(r, dtype=lu.dtype, device=lu.device)
-    mapped = torch.linalg.solve_triangular(lower[:, :r, :r], lower, upper=False, left=False, unitriangular=True)
-    psi_t = torch.empty_like(mapped).scatter_(1, perm[:, :, None].expand(g, d, r), mapped)  # P @ mapped
-    # Any order of the columns is as good; ascending makes gathering them from X near-sequential.
-    cols, order = perm[:, :r].sort(1)
-    return cols, torch.gather(psi_t, 2, order[:, None, :].expand(g, d, r))
+    probe = torch.tensor([i % _SPAN_PROBES for i in range(len(starts))]).repeat_interleave(block)[:n]
+    h = weights - torch.zeros(_SPAN_PROBES, dtype=weights.dtype).index_add_(0, probe, weights)[probe] / torch.bincount(
+        probe, minlength=_SPAN_PROBES
+    ).clamp_min(1)[probe]
+    h = h.to(device=x.device, dtype=x.dtype)
+    mixed = torch.zeros(_SPAN_PROBES, n_units * d, dtype=x.dtype, device=x.device)
+    gathered = [torch.empty(len(s.units), n, s.rank, dtype=x.dtype, device=x.device) for s in spans]
+    gathers = []
+    for s in spans:
+        first = int(s.units[0])
+        if bool((s.units == torch.arange(first, first + len(s.units))).all()):  # adjacent units: one gather
+            gathers.append((slice(first, first + len(s.units)), s.cols.to(x.device), None))
+        else:
+            gathers.append((None, None, (s.units.to(x.device)[:, None] * d + s.cols).reshape(-1)))
+    for i, start in enumerate(starts):
+        stop = min(start + block, n)
+        xb = x[start:stop]
+        mixed[i % _SPAN_PROBES].addmv_(xb.reshape(stop - start, n_units * d).T, h[start:stop])
+        for (units, cols, flat), out in zip(gathers, gathered):
+            if flat is None:  # straight into the unit-major output: 2x faster than select + copy
+                torch.gather(xb[:, units], 2, cols.expand(stop - start, -1, -1), out=out[:, start:stop].transpose(0, 1))
+            else:
+                rows = xb.reshape(stop - start, n_units * d).index_select(1, flat)
+                out[:, start:stop] = rows.view(stop - start, len(out), -1).transpose(0, 1)
+    mixed = mixed.view(_SPAN_PROBES, n_units, d).transpose(0, 1).double()  # [u, P, d]
+    return [mixed[s.units.to(x.device)] for s in spans], gathered
 
 
 def _swaps_to_permutation(swaps: np.ndarray, d: int) -> np.ndarray:
@@ -240,17 +222,20 @@ def span_features(span: Span, rows: torch.Tensor, standardize: bool) -> Features
     ``P = (psi D^-2 psi^T)^-1`` -- the same objective, in ``r`` coordinates.
     """
     rows = rows.to(span.columns.device)
-    feats = span.columns[rows]  # [u, n, r], a copy: centred in place
+    if len(rows) and bool((rows == torch.arange(int(rows[0]), int(rows[0]) + len(rows), device=rows.device)).all()):
+        feats = span.columns[int(rows[0]) : int(rows[0]) + len(rows)]  # a view of our own gather: centred in place
+    else:
+        feats = span.columns[rows]  # [u, n, r], a copy: centred in place
     cols = span.cols[rows]
+    psi_t, anchor = span.psi_t[rows], span.anchor[rows]
     # Centring on any fixed vector is an exact reparametrisation (the intercept absorbs it), so the
-    # float32 mean is enough; it only needs to be used consistently in the back-map.
+    # float32 mean is enough; it only needs to be used consistently in the back-map. (The exact
+    # mean matters for conditioning: centring on the sample mean cost 25% more iterations.)
     mean = feats.mean(1)  # [u, r]
     feats -= mean[:, None, :]
-    mean = mean.double()
     g = gram(feats, exact=standardize)
-    psi_t, anchor = span.psi_t[rows], span.anchor[rows]
     # Full-row mean and scale from the pivot columns (exact for in-span rows).
-    mean_row = anchor + ((mean - torch.gather(anchor, 1, cols))[:, None, :] @ psi_t.transpose(1, 2))[:, 0]
+    mean_row = anchor + ((mean.double() - torch.gather(anchor, 1, cols))[:, None, :] @ psi_t.transpose(1, 2))[:, 0]
     std = _row_std(g, psi_t) if standardize else torch.ones_like(anchor)
     scaled = psi_t / std[:, :, None]  # D^-1 psi^T  [u, d, r]
     penalty_inv = scaled.transpose(1, 2) @ scaled  # psi D^-2 psi^T
