@@ -162,7 +162,7 @@ def _drop_spurious_pivots(centred: torch.Tensor, new_direction: torch.Tensor, pe
 def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
     """One pass over the spans' units of ``x [n, u, d]``: random row combinations and pivot columns.
 
-    Rows go in blocks (about 1 MiB on CPU: still in cache for the gather after the product, so X is
+    Rows go in blocks (about 1 MiB, at least 16 rows, on CPU: still in cache for the gather after the product, so X is
     read from memory once); block ``i`` feeds probe ``i mod P``, ``h_q^T x`` with ``h_q`` the
     ``weights`` of its rows centred (so the anchor cancels). Each probe thus checks a share of
     the rows, and every element of X costs one multiply-add, not ``P``.
@@ -172,7 +172,7 @@ def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
     """
     n, n_units, d = x.shape
     on_cpu = x.device.type == "cpu"
-    block = max(1, 2**20 // (n_units * d * x.element_size())) if on_cpu else -(-n // _SPAN_PROBES)
+    block = max(16, 2**20 // (n_units * d * x.element_size())) if on_cpu else -(-n // _SPAN_PROBES)
     starts = list(range(0, n, block))
     probe = torch.tensor([i % _SPAN_PROBES for i in range(len(starts))]).repeat_interleave(block)[:n]
     h = weights - torch.zeros(_SPAN_PROBES, dtype=weights.dtype).index_add_(0, probe, weights)[probe] / torch.bincount(
