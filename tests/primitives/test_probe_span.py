@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from workbench.primitives.probe import LinearProbes
-from workbench.primitives.probe_span import _swaps_to_permutation, find_spans
+from workbench.primitives.probe_kernels import swaps_to_permutation
+from workbench.primitives.probe_span import find_spans
 
 
 def mixed_ranks(seed=0, n=400, d=40, ranks=(3, 6, 3, 6, 6)):
@@ -24,7 +25,7 @@ def test_swaps_to_permutation_matches_lu_unpack():
     a = torch.randn(5, 12, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     lu, swaps = torch.linalg.lu_factor(a)
     P, _, _ = torch.lu_unpack(lu, swaps)  # a = P @ L @ U; row i of L U is row perm[i] of a
-    perm = _swaps_to_permutation(swaps.numpy() - 1, 12)
+    perm = swaps_to_permutation(swaps.numpy() - 1, 12)
     expected = P.argmax(1).numpy()  # P[perm[i], i] = 1
     np.testing.assert_array_equal(perm, expected)
 
@@ -36,7 +37,7 @@ def test_spans_are_grouped_by_rank_and_columns_are_gathered_from_x():
     for span in spans:
         for i, unit in enumerate(span.units.tolist()):
             cols = span.cols[i]
-            assert (cols[1:] > cols[:-1]).all()  # ascending
+            assert len(set(cols.tolist())) == len(cols)  # distinct
             np.testing.assert_array_equal(span.columns[i].numpy(), x[:, unit, cols].numpy())
             # every row is recovered from its pivot columns: x - anchor = (x - anchor)[cols] @ psi_t^T
             centred = x[:, unit] - span.anchor[i]

@@ -41,6 +41,7 @@ class Problem:
     l2: float
     tol: float
     max_iter: int
+    solver: str = "auto"  # L-BFGS backend: "torch", "compiled" (binary float32 on CPU) or "auto"
 
 
 @dataclass
@@ -296,6 +297,11 @@ def lbfgs(feats: Features, problem: Problem):
     only re-indexed), so a batch costs its units' own iteration counts, not the slowest's.
     """
     lg = _Logistic(feats, problem)
+    if _compiled_kernel_applies(lg, problem.solver):
+        from .probe_kernels import lbfgs_binary
+
+        target = lg.target[0, 0]
+        return lbfgs_binary(lg.feats, target, lg.inv_hess, lg.inv_diag, lg.penalty, lg.penalty_inv, lg.curv, lg.l2, problem.tol, problem.max_iter)
     u, k, p = lg.u, lg.k, lg.p
     kp = k * p
     dtype, device = lg.feats.dtype, lg.feats.device
@@ -391,6 +397,19 @@ def lbfgs(feats: Features, problem: Problem):
         out_z[where[unfinished]] = z[unfinished]
     V, b = split(out_z)
     return V.transpose(1, 2), b, n_iter.cpu(), out_converged.cpu()
+
+
+def _compiled_kernel_applies(lg: _Logistic, solver: str) -> bool:
+    """Whether :mod:`~workbench.primitives.probe_kernels` runs this batch (``solver="auto"``: when
+    it can -- a binary float32 problem on CPU with numba installed)."""
+    if solver == "torch":
+        return False
+    from . import probe_kernels
+
+    fits = lg.binary and lg.feats.dtype == torch.float32 and lg.feats.device.type == "cpu"
+    if solver == "compiled" and not (fits and probe_kernels.available()):
+        raise ValueError("solver='compiled' needs a binary float32 problem on CPU and numba installed")
+    return fits and probe_kernels.available()
 
 
 def _compact_lbfgs_direction(g, h0g, S, Y, HY):

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import probe_kernels
+from .probe_kernels import swaps_to_permutation
 from .probe_inputs import nonfinite_error
 from .probe_solver import Features, gram
 
@@ -88,75 +90,67 @@ def find_spans(x: torch.Tensor, tol: float, seed: int, offset: int, keys, unit_s
 
 
 def _spans_of_sample(sample: torch.Tensor, tol: float) -> list[Span]:
-    """Candidate spans of the units of ``sample [m, u, d]`` (rows of X), one :class:`Span` per
-    rank; not yet checked.
+    """Candidate spans of the units of ``sample [m, u, d]`` (rows of X), grouped by rank; not yet
+    checked.
 
     One LU with partial pivoting per unit of the centred sample, transposed (``[d, m]``: features
     are rows, so pivoting picks X's columns): the feature pivoted on at step ``j`` is a candidate
-    column when the pivot ``|U_jj|`` is above round-off, and joins the columns ``J`` when its values
-    over the sample are not (to ``tol``) a combination of the earlier candidates'. ``psi`` is then
-    the least-squares map from ``x[J]`` to ``x`` over all sampled rows (float64), which averages
-    out the rounding of X where a map through ``rank`` rows would amplify it. The LU is only a detector -- every row of X is checked afterwards -- so
-    a wrong rank costs at most the shortcut for that unit, never exactness.
+    column when the pivot ``|U_jj|`` is above round-off. The LU takes sample rows in order, so its
+    pivots alone mislead: a nearly dependent row leaves a tiny pivot for a true direction (which
+    later rows then lack), and after it a spurious one well above round-off. So a candidate joins
+    the columns ``J`` only when its values over the whole sample are not (to ``tol``, relative) a
+    combination of the earlier candidates': a Cholesky of the normal equations in step order
+    measures exactly that (its diagonal is each column's residual norm), and units that lose a
+    column are redone once without it. ``psi`` is then the least-squares map from ``x[J]`` to
+    ``x`` over all sampled rows (float64, through that same Cholesky), which averages out the
+    rounding of X where a map through ``rank`` rows would amplify it. The LU is only a detector --
+    every row of X is checked afterwards -- so a wrong rank costs at most the shortcut for that
+    unit, never exactness.
     """
     m, _, d = sample.shape
     centred = sample.double().transpose(0, 1).contiguous()  # [u, m, d]
     anchor = centred.mean(1)
     centred -= anchor[:, None, :]
     # X's own precision is enough for the LU: it only proposes columns. Float32 rounding leaves
-    # pivots near 1e-7 of a row after the true rank, so anything above tol / 100 is a candidate;
-    # which candidates are real is decided on the whole sample by _drop_spurious_pivots.
+    # pivots near 1e-7 of a row after the true rank, so anything above tol / 100 is a candidate.
     lu, swaps, _ = torch.linalg.lu_factor_ex(centred.to(sample.dtype).transpose(1, 2))  # column-major
     row_rms = centred.pow(2).sum((1, 2)).div(m).sqrt()
     new_direction = lu.diagonal(dim1=1, dim2=2).abs().double() > 1e-2 * tol * row_rms[:, None]  # [u, m]
-    perm = torch.from_numpy(_swaps_to_permutation(swaps.cpu().numpy() - 1, d)).to(sample.device)
-    reducible = _drop_spurious_pivots(centred, new_direction, perm, tol)
-    rank = new_direction.sum(1)
-    # A sample that stayed (nearly) full rank may not have seen the whole span: no shortcut.
-    reducible &= (rank >= 1) & (rank <= m - 8) & (2 * rank <= d)
-    if not bool(reducible.any()):
-        return []
+    perm = torch.from_numpy(swaps_to_permutation(swaps.cpu().numpy() - 1, d)).to(sample.device)
     candidates = []
-    for r in torch.unique(rank[reducible]).tolist():
-        units = (reducible & (rank == r)).nonzero().flatten()
-        steps = new_direction[units].nonzero()[:, 1].reshape(len(units), r)  # [g, r]
-        cols = torch.gather(perm[units], 1, steps).sort(1).values  # ascending: near-sequential gathers
-        rows = centred[units]  # [g, m, d]
-        picked = torch.gather(rows, 2, cols[:, None, :].expand(-1, m, -1))  # [g, m, r]
-        chol = torch.linalg.cholesky_ex(picked.transpose(1, 2) @ picked)[0]  # normal equations [g, r, r]
-        # (an explicit inverse times the right-hand side: 3x faster than a batched solve here)
-        psi = torch.cholesky_inverse(chol) @ (picked.transpose(1, 2) @ rows)  # [g, r, d]
-        candidates.append(Span(units.cpu(), cols, psi.transpose(1, 2), anchor[units], r, None))
+    pending = torch.ones(len(new_direction), dtype=torch.bool, device=new_direction.device)
+    for final in (False, True):
+        rank = new_direction.sum(1)
+        pending &= (rank >= 1) & (rank < m)
+        redo = torch.zeros_like(pending)
+        for r in torch.unique(rank[pending]).tolist():
+            units = (pending & (rank == r)).nonzero().flatten()
+            steps = new_direction[units].nonzero()[:, 1].reshape(len(units), r)  # [g, r]
+            cols = torch.gather(perm[units], 1, steps)  # X's columns, in step order
+            rows = centred[units]  # [g, m, d]
+            picked = torch.gather(rows, 2, cols[:, None, :].expand(-1, m, -1))  # [g, m, r]
+            normal = picked.transpose(1, 2) @ picked
+            chol, info = torch.linalg.cholesky_ex(normal)
+            ok = info == 0  # else not even numerically independent: no shortcut
+            if not final:
+                weak = (chol.diagonal(dim1=1, dim2=2) / normal.diagonal(dim1=1, dim2=2).sqrt() <= tol) & ok[:, None]
+                if bool(weak.any()):
+                    at = weak.nonzero()
+                    new_direction[units[at[:, 0]], steps[at[:, 0], at[:, 1]]] = False
+                    redo[units[weak.any(1)]] = True
+                    ok &= ~weak.any(1)
+            # A sample that stayed (nearly) full rank may not have seen the whole span: no shortcut.
+            if r > m - 8 or 2 * r > d or not bool(ok.any()):
+                continue
+            keep = ok.nonzero().flatten()
+            # psi = (P^T P)^-1 P^T rows; an explicit inverse applied to P^T first: 3x faster than a
+            # batched solve here, and r^2 m instead of r^2 d multiply-adds
+            psi = (torch.cholesky_inverse(chol[keep]) @ picked[keep].transpose(1, 2)) @ rows[keep]  # [g, r, d]
+            candidates.append(Span(units[keep].cpu(), cols[keep], psi.transpose(1, 2), anchor[units[keep]], r, None))
+        pending = redo
+        if not bool(pending.any()):
+            break
     return candidates
-
-
-def _drop_spurious_pivots(centred: torch.Tensor, new_direction: torch.Tensor, perm: torch.Tensor, tol: float):
-    """Clear the LU steps of ``new_direction [u, m]`` (in place) whose column adds nothing.
-
-    The LU takes sample rows in order, so its pivots alone mislead: a nearly dependent row leaves a
-    tiny pivot for a true direction (which later rows then lack), and after it a spurious one well
-    above round-off. A column whose values over the whole sample lie within ``tol`` (relative) of
-    the span of the earlier columns adds nothing; a Cholesky of the normal equations in step order
-    measures exactly that (its diagonal is each column's residual norm). Returns ``[u]`` False for
-    units whose columns were not even numerically independent.
-    """
-    m, d = centred.shape[1:]
-    usable = torch.ones(len(new_direction), dtype=torch.bool, device=new_direction.device)
-    rank = new_direction.sum(1)
-    for r in torch.unique(rank[(rank >= 1) & (rank < m)]).tolist():
-        units = (rank == r).nonzero().flatten()
-        steps = new_direction[units].nonzero()[:, 1].reshape(len(units), r)
-        cols = torch.gather(perm[units], 1, steps)  # in step order
-        picked = torch.gather(centred[units], 2, cols[:, None, :].expand(-1, m, -1))
-        normal = picked.transpose(1, 2) @ picked
-        chol, info = torch.linalg.cholesky_ex(normal)
-        residual = chol.diagonal(dim1=1, dim2=2) / normal.diagonal(dim1=1, dim2=2).sqrt()
-        usable[units[info != 0]] = False
-        weak = (residual <= tol) & (info == 0)[:, None]
-        if bool(weak.any()):
-            at = weak.nonzero()
-            new_direction[units[at[:, 0]], steps[at[:, 0], at[:, 1]]] = False
-    return usable
 
 
 def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
@@ -178,6 +172,10 @@ def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
     h = weights - torch.zeros(_SPAN_PROBES, dtype=weights.dtype).index_add_(0, probe, weights)[probe] / torch.bincount(
         probe, minlength=_SPAN_PROBES
     ).clamp_min(1)[probe]
+    if on_cpu and x.dtype == torch.float32 and probe_kernels.available():
+        mixed, gathered = probe_kernels.mix_and_gather(x, h.float(), probe, _SPAN_PROBES, [s.units for s in spans], [s.cols for s in spans])
+        mixed = mixed.transpose(0, 1).double()  # [u, P, d]
+        return [mixed[s.units] for s in spans], gathered
     h = h.to(device=x.device, dtype=x.dtype)
     mixed = torch.zeros(_SPAN_PROBES, n_units * d, dtype=x.dtype, device=x.device)
     gathered = [torch.empty(len(s.units), n, s.rank, dtype=x.dtype, device=x.device) for s in spans]
@@ -200,18 +198,6 @@ def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
                 out[:, start:stop] = rows.view(stop - start, len(out), -1).transpose(0, 1)
     mixed = mixed.view(_SPAN_PROBES, n_units, d).transpose(0, 1).double()  # [u, P, d]
     return [mixed[s.units.to(x.device)] for s in spans], gathered
-
-
-def _swaps_to_permutation(swaps: np.ndarray, d: int) -> np.ndarray:
-    """Row order ``[g, d]`` after LAPACK's swaps ``[g, r]`` (row i swapped with row swaps[i], 0-based)."""
-    g, r = swaps.shape
-    perm = np.tile(np.arange(d), (g, 1))
-    units = np.arange(g)
-    for i in range(r):  # a few numpy ops on [g] per pivot: far cheaper than torch's per-op overhead
-        there = perm[units, swaps[:, i]]
-        perm[units, swaps[:, i]] = perm[:, i]
-        perm[:, i] = there
-    return perm
 
 
 def span_features(span: Span, rows: torch.Tensor, standardize: bool) -> Features:
