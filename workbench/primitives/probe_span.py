@@ -150,7 +150,20 @@ def _spans_of_sample(sample: torch.Tensor, tol: float) -> list[Span]:
         pending = redo
         if not bool(pending.any()):
             break
-    return candidates
+    return _merge_by_rank(candidates)
+
+
+def _merge_by_rank(spans: list[Span]) -> list[Span]:
+    """One :class:`Span` per rank, from the rounds' candidates (fewer, larger batches downstream)."""
+    merged = []
+    for r in sorted({s.rank for s in spans}):
+        group = [s for s in spans if s.rank == r]
+        if len(group) == 1:
+            merged += group
+            continue
+        parts = [torch.cat([getattr(s, name) for s in group]) for name in ("units", "cols", "psi_t", "anchor")]
+        merged.append(Span(*parts, r, None))
+    return merged
 
 
 def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
@@ -223,12 +236,14 @@ def span_features(span: Span, rows: torch.Tensor, standardize: bool) -> Features
     # Full-row mean and scale from the pivot columns (exact for in-span rows).
     mean_row = anchor + ((mean.double() - torch.gather(anchor, 1, cols))[:, None, :] @ psi_t.transpose(1, 2))[:, 0]
     std = _row_std(g, psi_t) if standardize else torch.ones_like(anchor)
-    scaled = psi_t / std[:, :, None]  # D^-1 psi^T  [u, d, r]
+    scaled = psi_t / std[:, :, None] if standardize else psi_t  # D^-1 psi^T  [u, d, r]
     penalty_inv = scaled.transpose(1, 2) @ scaled  # psi D^-2 psi^T
     penalty = torch.linalg.inv(penalty_inv)
 
     def to_raw(v, b):
-        coef = (scaled / std[:, :, None]) @ (penalty @ v.double())  # D^-2 psi^T P v  [u, d, k]
+        coef = psi_t @ (penalty @ v.double())  # D^-2 psi^T P v  [u, d, k]
+        if standardize:
+            coef /= std[:, :, None] ** 2
         return coef, b.double() - (mean_row[:, None, :] @ coef)[:, 0]
 
     return Features(feats, g, penalty, penalty_inv, to_raw, torch.full((len(rows),), span.rank))
