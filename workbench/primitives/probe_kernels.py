@@ -1,20 +1,25 @@
-"""Compiled CPU kernel for the probe solver's hot loop: binary L-BFGS, one unit at a time (numba).
+"""Compiled CPU kernels (numba) for the probes' two hot loops: the span pass over X, and binary
+L-BFGS one unit at a time.
 
-Why it exists: on CPU the batched torch solver (:func:`~workbench.primitives.probe_solver.lbfgs`)
-is bound by per-op overhead, not arithmetic -- an iteration is ~100 small tensor ops, each holding
-the GIL for a few microseconds, for two ~30 us passes over a unit's features. Here a unit's whole
-solve is one compiled loop that releases the GIL: two passes over its ``[n, p]`` features per
-iteration (``F d`` for the step's margins, ``F^T r`` for the gradient), everything else on
-``p``-vectors. Threads fitting separate chunks then scale with the cores.
+Why they exist: on CPU the torch code is bound by per-op overhead, not arithmetic -- a solver
+iteration is ~100 small tensor ops, each holding the GIL for a few microseconds, around two
+~30 us passes over a unit's features. Here a unit's whole solve is one compiled loop that
+releases the GIL: two passes over its ``[n, p]`` features per iteration (``F d`` for the step's
+margins, ``F^T r`` for the gradient), everything else on ``p``-vectors. Threads fitting separate
+chunks then scale with the cores.
 
-It is the *same algorithm* as the torch solver -- same start point, preconditioner (the model
-:class:`~workbench.primitives.probe_solver._Logistic` builds), L-BFGS history, line-search rules
-and stopping test -- written per unit; the two agree to float32 round-off (tested). Only the
-direction is computed by the two-loop recursion instead of the compact form (equal in exact
-arithmetic; per unit the recursion is the cheaper of the two).
+- :func:`lbfgs_binary` is the *same algorithm* as the torch solver
+  (:func:`~workbench.primitives.probe_solver.lbfgs`) -- same start point, preconditioner (the
+  model :class:`~workbench.primitives.probe_solver._Logistic` builds), L-BFGS history,
+  line-search rules and stopping test -- written per unit; the two agree to float32 round-off
+  (tested). Only the direction comes from the two-loop recursion instead of the compact form
+  (equal in exact arithmetic; per unit the recursion is the cheaper). Binary float32 problems only
+  (the common case; the torch solver covers the rest).
+- :func:`mix_and_gather` is the span check's pass over X (same results as the torch loop in
+  :func:`~workbench.primitives.probe_span._mix_and_gather`, tested), reading each row once.
 
-Binary float32 problems only (the common case; the torch solver covers the rest). Without numba
-the torch solver runs everywhere.
+Compiling them takes ~10 s on the first fit after installing; numba caches the result on disk.
+Without numba the torch code runs everywhere.
 """
 
 from __future__ import annotations
@@ -36,8 +41,14 @@ _TRIALS = 30  # line-search trials per iteration (same as the torch solver)
 
 
 def _jit(fn):
-    """Compile with numba (GIL released, cached on disk), or leave as Python when it is missing."""
-    return numba.njit(nogil=True, fastmath=True, cache=True)(fn) if numba is not None else fn
+    """Compile with numba (GIL released; cached on disk, since compiling all kernels takes ~10 s),
+    or leave as Python when numba is missing (then nothing calls the solver kernel)."""
+    if numba is None:
+        return fn
+    try:
+        return numba.njit(nogil=True, fastmath=True, cache=True)(fn)
+    except RuntimeError:  # no writable cache location: compile on every first use instead
+        return numba.njit(nogil=True, fastmath=True)(fn)
 
 
 def available() -> bool:
