@@ -87,8 +87,8 @@ def lbfgs_binary(feats, target, inv_hess, inv_diag, penalty, penalty_inv, curv, 
     return z[:, :p, None], z[:, p:], torch.from_numpy(n_iter), torch.from_numpy(converged)
 
 
-def mix_and_gather(x: torch.Tensor, h: torch.Tensor, probe: torch.Tensor, n_probes: int, units: torch.Tensor, cols: list[torch.Tensor]):
-    """One pass over ``x [n, U, d]`` (float32, CPU; any strides but a contiguous last axis):
+def mix_and_gather(x: torch.Tensor, h: torch.Tensor, probe: torch.Tensor, n_probes: int, units: list[torch.Tensor], cols: list[torch.Tensor]):
+    """One pass over ``x [n, U, d]`` (float32, CPU; any strides with a contiguous last axis):
     ``mixed[q] = sum_{i: probe[i] = q} h[i] x[i]`` (``[n_probes, U, d]``) and, per group ``s``,
     the columns ``cols[s] [g_s, r_s]`` of units ``units[s]`` gathered unit-major (``[g_s, n, r_s]``).
 
@@ -96,7 +96,7 @@ def mix_and_gather(x: torch.Tensor, h: torch.Tensor, probe: torch.Tensor, n_prob
     """
     n, n_units, d = x.shape
     if x.stride(2) != 1:
-        x = x.contiguous()
+        raise ValueError("mix_and_gather needs X's last axis contiguous")
     # X as a flat array with explicit strides: numba then sees unit-stride inner loops.
     base = x.storage_offset()
     flat = torch.as_strided(x, (x.untyped_storage().nbytes() // x.element_size(),), (1,), 0)

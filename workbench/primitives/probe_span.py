@@ -175,7 +175,8 @@ def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
     the rows, and every element of X costs one multiply-add, not ``P``.
 
     Returns, per span, ``mixed [g, P, d]`` (float64) and the gathered columns unit-major
-    ``[g, n, rank]`` -- the layout the solver reads.
+    ``[g, n, rank]`` -- the layout the solver reads. On CPU (float32) the compiled
+    :func:`~workbench.primitives.probe_kernels.mix_and_gather` makes the pass.
     """
     n, n_units, d = x.shape
     on_cpu = x.device.type == "cpu"
@@ -185,7 +186,7 @@ def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
     h = weights - torch.zeros(_SPAN_PROBES, dtype=weights.dtype).index_add_(0, probe, weights)[probe] / torch.bincount(
         probe, minlength=_SPAN_PROBES
     ).clamp_min(1)[probe]
-    if on_cpu and x.dtype == torch.float32 and probe_kernels.available():
+    if on_cpu and x.dtype == torch.float32 and x.stride(2) == 1 and probe_kernels.available():
         mixed, gathered = probe_kernels.mix_and_gather(x, h.float(), probe, _SPAN_PROBES, [s.units for s in spans], [s.cols for s in spans])
         mixed = mixed.transpose(0, 1).double()  # [u, P, d]
         return [mixed[s.units] for s in spans], gathered
