@@ -27,7 +27,9 @@ d dimensions.
 mini-batches) for the same objective; it does not use the shortcut.
 
 This module is the public API; the work is done in :mod:`.probe_inputs` (input layouts, labels,
-splits), :mod:`.probe_span` (the low-rank shortcut) and :mod:`.probe_solver` (batched L-BFGS / Adam).
+splits), :mod:`.probe_span` (the low-rank shortcut), :mod:`.probe_solver` (batched L-BFGS / Adam)
+and :mod:`.probe_kernels` (the CPU hot loops compiled with numba; the first fit after installing
+spends ~10 s compiling them, once).
 
 Example::
 

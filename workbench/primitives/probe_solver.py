@@ -9,7 +9,8 @@ weights), whether those are all ``d`` coordinates (:func:`dense_features`) or a 
     mean_i CE(softmax(f_i V + b), y_i) + l2/2 * tr(V^T P V)        (P = I unless a span says otherwise)
 
 - :func:`fit_lbfgs` -- full-batch L-BFGS, batches of units sized to stay in cache, per-unit line
-  searches and stopping, preconditioned by each unit's start Hessian.
+  searches and stopping, preconditioned by each unit's start Hessian (binary float32 problems on
+  CPU run it compiled: :mod:`workbench.primitives.probe_kernels`).
 - :func:`fit_adam` -- mini-batch Adam (the expert-heads paper's training) on the same objective.
 """
 
@@ -295,6 +296,9 @@ def lbfgs(feats: Features, problem: Problem):
     derivative has shrunk to 0.9 of its start. Units stop independently: converged (gradient norm
     <= tol) or stalled (no acceptable step) and leave the working set at once (the features are
     only re-indexed), so a batch costs its units' own iteration counts, not the slowest's.
+
+    Binary float32 batches on CPU run the same iteration compiled, one unit at a time
+    (:func:`~workbench.primitives.probe_kernels.lbfgs_binary`; ``problem.solver`` chooses).
     """
     lg = _Logistic(feats, problem)
     if _compiled_kernel_applies(lg, problem.solver):
