@@ -15,7 +15,7 @@ random direction ``u_h`` is set so the Bayes accuracy of head h is spread over [
 ``--full-rank 0.1`` adds isotropic noise of that std in all 512 dimensions (no low-rank structure:
 the worst case for LinearProbes' span shortcut).
 
-Run:  python benchmarks/bench_probe.py            (full size; ~30 s on 2 cores)
+Run:  python benchmarks/bench_probe.py            (full size; ~45 s on 2 cores)
       python benchmarks/bench_probe.py --quick    (small smoke run)
       --threads / --sklearn-threads set each side's threads (scikit-learn defaults to 1: on a
       2-core VM its multi-threaded BLAS was 4x slower than single-threaded).
@@ -112,13 +112,18 @@ def main(argv=None) -> dict:
         help="BLAS threads for scikit-learn (default 1: its fastest setting on small shared machines)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=3,
-        help="LinearProbes fits; the best time is kept (timeit's convention: the VM's timing noise is one-sided)",
+        "--repeats", type=int, default=4,
+        help="LinearProbes fits; the best time after the first is kept (timeit's convention: the VM's timing "
+        "noise is one-sided; the first fit also loads the compiled kernels and is reported apart)",
+    )
+    parser.add_argument(
+        "--sklearn-repeats", type=int, default=2,
+        help="scikit-learn loops; the best time is kept (the same loop varied 10-14 s within one run here)",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.layers, args.heads = 2000, 2, 4
+        args.n, args.layers, args.heads, args.sklearn_repeats = 2000, 2, 4, 1
 
     torch.set_num_threads(args.threads)
     X, y, target_acc = make_heads(args.n, args.layers, args.heads, args.d, args.d_head, args.full_rank, args.seed)
@@ -134,12 +139,15 @@ def main(argv=None) -> dict:
         f"scikit-learn {args.sklearn_threads}"
     )
 
-    best_fit = math.inf
+    fit_times = []
     for _ in range(args.repeats):
         probes = LinearProbes(l2=l2, standardize=False, tol=1e-4, max_iter=100, seed=args.seed)
         start = time.perf_counter()
         probes.fit(Xtr, ytr)
-        best_fit = min(best_fit, time.perf_counter() - start)
+        fit_times.append(time.perf_counter() - start)
+    # the first fit of a process also loads numba's compiled kernels (or compiles them, ~10 s,
+    # the first time after installing); steady state is the best of the others
+    best_fit = min(fit_times[1:] or fit_times)
     start = time.perf_counter()
     acc_ours = probes.score(Xte, yte.numpy())
     ours_predict = time.perf_counter() - start
@@ -148,6 +156,9 @@ def main(argv=None) -> dict:
     sk_fit, sk_predict, sk_pred, sk_coef, sk_intercept, sk_unconverged = run_sklearn(
         Xtr_np, ytr_np, Xte_np, args.sklearn_threads
     )
+    for _ in range(args.sklearn_repeats - 1):  # same convention as ours: the best time counts
+        again = run_sklearn(Xtr_np, ytr_np, Xte_np, args.sklearn_threads)
+        sk_fit, sk_predict = min(sk_fit, again[0]), min(sk_predict, again[1])
     acc_sk = (sk_pred == yte.numpy()[:, None]).mean(0)
 
     f_ours = objective(Xtr, ytr, probes.coef_[:, :, 0], probes.intercept_[:, 0], l2)
@@ -155,6 +166,7 @@ def main(argv=None) -> dict:
     delta = np.abs(acc_ours - acc_sk)
     result = {
         "ours_fit_s": best_fit,
+        "ours_first_fit_s": fit_times[0],
         "ours_predict_s": ours_predict,
         "sklearn_fit_s": sk_fit,
         "sklearn_predict_s": sk_predict,
@@ -170,7 +182,7 @@ def main(argv=None) -> dict:
     }
     print(f"LinearProbes  fit {best_fit:8.2f} s   predict {ours_predict:6.2f} s   "
           f"(fitted in {result['span_rank']} dims, <= {result['ours_iterations_max']} iterations, "
-          f"{result['ours_converged']}/{units} converged)")
+          f"{result['ours_converged']}/{units} converged; first fit of the process {fit_times[0]:.2f} s)")
     print(f"sklearn loop  fit {sk_fit:8.2f} s   predict {sk_predict:6.2f} s   ({sk_unconverged} heads hit max_iter)")
     print(f"speed-up      fit {result['speedup_fit']:.1f}x   fit+predict {result['speedup_fit_predict']:.1f}x   (target >= 20x)")
     print(f"accuracy      max |delta| {result['max_abs_delta_acc']:.4f} (target <= 0.01); "
