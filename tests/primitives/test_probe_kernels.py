@@ -107,3 +107,10 @@ def test_probes_fitted_with_and_without_the_kernels_agree(monkeypatch):
     assert (compiled.span_rank_ == 12).all() and compiled.converged_.all()
     np.testing.assert_allclose(compiled.coef_, reference.coef_, rtol=0, atol=2e-3 * np.abs(reference.coef_).max())
     np.testing.assert_array_equal(compiled.predict(low), reference.predict(low))
+
+
+def test_kernels_still_compile_where_numba_cannot_cache():
+    # e.g. a read-only install without a writable home: numba refuses cache=True at decoration
+    namespace = {}
+    exec(compile("def add_one(x):\n    return x + 1\n", "<no file>", "exec"), namespace)
+    assert probe_kernels._jit(namespace["add_one"])(2) == 3
