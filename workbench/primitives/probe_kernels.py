@@ -89,7 +89,8 @@ def lbfgs_binary(feats, target, inv_hess, inv_diag, penalty, penalty_inv, curv, 
 
 def mix_and_gather(x: torch.Tensor, h: torch.Tensor, probe: torch.Tensor, n_probes: int, units: list[torch.Tensor], cols: list[torch.Tensor]):
     """One pass over ``x [n, U, d]`` (float32, CPU; any strides with a contiguous last axis):
-    ``mixed[q] = sum_{i: probe[i] = q} h[i] x[i]`` (``[n_probes, U, d]``) and, per group ``s``,
+    ``mixed[q] = sum_{i: probe[i] = q} h[i] x[i]`` (``[n_probes, U, d]``, summed in float64: a
+    float32 running sum's rounding grows with the number of rows) and, per group ``s``,
     the columns ``cols[s] [g_s, r_s]`` of units ``units[s]`` gathered unit-major (``[g_s, n, r_s]``).
 
     Each row of X is read from memory once and gathered from cache right after.
@@ -110,7 +111,7 @@ def mix_and_gather(x: torch.Tensor, h: torch.Tensor, probe: torch.Tensor, n_prob
         col_index.append(c.cpu().numpy().reshape(-1))
         col_offset += list(col_offset[-1] + r * np.arange(1, g + 1))
         out_offset.append(at + n * r * np.arange(g))
-    mixed = np.zeros((n_probes, n_units * d), np.float32)
+    mixed = np.zeros((n_probes, n_units * d), np.float64)
     slot = np.full(n_units, -1, np.int64)  # unit -> its row in the gather tables (-1: not gathered)
     slot[np.concatenate(unit_index).astype(np.int64)] = np.arange(sum(len(i) for i in unit_index))
     _mix_gather_rows(

@@ -187,7 +187,7 @@ def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
     ).clamp_min(1)[probe]
     if on_cpu and x.dtype == torch.float32 and x.stride(2) == 1 and probe_kernels.available():
         mixed, gathered = probe_kernels.mix_and_gather(x, h.float(), probe, _SPAN_PROBES, [s.units for s in spans], [s.cols for s in spans])
-        mixed = mixed.transpose(0, 1).double()  # [u, P, d]
+        mixed = mixed.transpose(0, 1)  # [u, P, d]
         return [mixed[s.units] for s in spans], gathered
     h = h.to(device=x.device, dtype=x.dtype)
     mixed = torch.zeros(_SPAN_PROBES, n_units * d, dtype=x.dtype, device=x.device)
