@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from . import probe_kernels
 from .probe_inputs import nonfinite_error
 
 __all__ = ["Features", "Fit", "Problem", "dense_features", "feature_products", "fit_adam", "fit_lbfgs", "gram", "intra_op_threads", "residual_products"]
@@ -302,10 +303,8 @@ def lbfgs(feats: Features, problem: Problem):
     """
     lg = _Logistic(feats, problem)
     if _compiled_kernel_applies(lg, problem.solver):
-        from .probe_kernels import lbfgs_binary
-
         target = lg.target[0, 0]
-        return lbfgs_binary(lg.feats, target, lg.inv_hess, lg.inv_diag, lg.penalty, lg.penalty_inv, lg.curv, lg.l2, problem.tol, problem.max_iter)
+        return probe_kernels.lbfgs_binary(lg.feats, target, lg.inv_hess, lg.inv_diag, lg.penalty, lg.penalty_inv, lg.curv, lg.l2, problem.tol, problem.max_iter)
     u, k, p = lg.u, lg.k, lg.p
     kp = k * p
     dtype, device = lg.feats.dtype, lg.feats.device
@@ -408,8 +407,6 @@ def _compiled_kernel_applies(lg: _Logistic, solver: str) -> bool:
     it can -- a binary float32 problem on CPU with numba installed)."""
     if solver == "torch":
         return False
-    from . import probe_kernels
-
     fits = lg.binary and lg.feats.dtype == torch.float32 and lg.feats.device.type == "cpu"
     if solver == "compiled" and not (fits and probe_kernels.available()):
         raise ValueError("solver='compiled' needs a binary float32 problem on CPU and numba installed")
