@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from workbench.primitives.probe import LinearProbes  # noqa: E402
+from workbench.probes import LinearProbes  # noqa: E402
 
 
 def make_heads(n: int, layers: int, heads: int, d: int, d_head: int, full_rank: float, seed: int):

@@ -42,7 +42,7 @@ def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0) -> dict:
     from workbench.embedded.card import embed_images, retrieval_report
     from workbench.models import load_clip
     from workbench.primitives import InterventionSpec, ablate_heads, apply, class_prototypes, intervene
-    from workbench.primitives.probe import probe
+    from workbench.probes import probe
     from workbench.viz import plot_head_scores
 
     torch.manual_seed(seed)

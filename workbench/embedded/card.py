@@ -37,7 +37,7 @@ def retrieval_report(model, image_embeddings: torch.Tensor, labels: dict, top_k:
 
 def probe_accuracy(features: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> float:
     """Held-out accuracy of a linear probe on features [n, d] (half train, half test, stratified)."""
-    from workbench.primitives.probe import probe
+    from workbench.probes import probe
 
     result = probe(features[:, None, :], labels, test_size=0.5, seed=seed, max_iter=1000)
     return float(result.table["accuracy"].iloc[0])

@@ -5,8 +5,6 @@
   `intervene(model, edits)`, reference means (`mean_activations`, `class_prototypes`).
 - `steer`: `add_direction`, `project_out`, SAE steering (`sae_blend_hook`, `sae_modulation_hook`), `steer`.
 - `spec`: `InterventionSpec` (save / load / validate), `apply(model, spec)`.
-- `probe`: batched linear probes over many units at once (`LinearProbes`, `probe`, `unit_scores`);
-  `probe_inputs`, `probe_solver` (batched L-BFGS) and `probe_span` (exact low-rank shortcut) serve it.
 - `patch`: activation patching effect matrices (`patch_heads`, `patch_sites`).
 """
 from .ablate import (
@@ -20,7 +18,6 @@ from .ablate import (
     mean_activations,
 )
 from .edits import OPS, POSITIONS, SITES, TOWERS, Edit, EditError, EditTargetError, apply_op, edits_to_hooks
-from .probe import LinearProbes, ProbeResult, probe, unit_scores
 from .patch import PatchResult, SitePatchResult, logit_metric, patch_heads, patch_sites, similarity_metric
 from .spec import (
     SCHEMA,
@@ -47,6 +44,5 @@ __all__ = [
     "InterventionSpec", "ModelRef", "SAERef", "apply", "sae_sha256", "SCHEMA",
     "SpecError", "SpecFormatError", "SidecarError", "FingerprintMismatchError", "SpecModelMismatchError", "SAEError",
     "FingerprintWarning",
-    "LinearProbes", "ProbeResult", "probe", "unit_scores",
     "patch_heads", "patch_sites", "PatchResult", "SitePatchResult", "similarity_metric", "logit_metric",
 ]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.primitives.probe import LinearProbes
-from workbench.primitives.probe_kernels import swaps_to_permutation
-from workbench.primitives.probe_span import find_spans
+from workbench.probes import LinearProbes
+from workbench.probes.kernels import swaps_to_permutation
+from workbench.probes.span import find_spans
 
 
 def mixed_ranks(seed=0, n=400, d=40, ranks=(3, 6, 3, 6, 6)):

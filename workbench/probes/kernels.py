@@ -9,14 +9,14 @@ margins, ``F^T r`` for the gradient), everything else on ``p``-vectors. Threads 
 chunks then scale with the cores.
 
 - :func:`lbfgs_binary` is the *same algorithm* as the torch solver
-  (:func:`~workbench.primitives.probe_solver.lbfgs`) -- same start point, preconditioner (the
-  model :class:`~workbench.primitives.probe_solver._Logistic` builds), L-BFGS history,
+  (:func:`~workbench.probes.solver.lbfgs`) -- same start point, preconditioner (the
+  model :class:`~workbench.probes.solver._Logistic` builds), L-BFGS history,
   line-search rules and stopping test -- written per unit; the two agree to float32 round-off
   (tested). Only the direction comes from the two-loop recursion instead of the compact form
   (equal in exact arithmetic; per unit the recursion is the cheaper). Binary float32 problems only
   (the common case; the torch solver covers the rest).
 - :func:`mix_and_gather` is the span check's pass over X (same results as the torch loop in
-  :func:`~workbench.primitives.probe_span._mix_and_gather`, tested), reading each row once.
+  :func:`~workbench.probes.span._mix_and_gather`, tested), reading each row once.
 
 Compiling them takes ~10 s on the first fit after installing; numba caches the result on disk.
 Without numba the torch code runs everywhere.

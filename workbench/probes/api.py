@@ -26,9 +26,9 @@ d dimensions.
 ``optimizer="adam"`` reproduces the expert-heads paper's training (Adam, lr 1e-3, a few epochs of
 mini-batches) for the same objective; it does not use the shortcut.
 
-This module is the public API; the work is done in :mod:`.probe_inputs` (input layouts, labels,
-splits), :mod:`.probe_span` (the low-rank shortcut), :mod:`.probe_solver` (batched L-BFGS / Adam)
-and :mod:`.probe_kernels` (the CPU hot loops compiled with numba; the first fit after installing
+This module is the public API; the work is done in :mod:`.inputs` (input layouts, labels,
+splits), :mod:`.span` (the low-rank shortcut), :mod:`.solver` (batched L-BFGS / Adam)
+and :mod:`.kernels` (the CPU hot loops compiled with numba; the first fit after installing
 spends ~10 s compiling them, once).
 
 Example::
@@ -52,7 +52,7 @@ import torch
 
 from workbench.metrics.scores import auroc, average_precision, pr_curve
 
-from .probe_inputs import (
+from .inputs import (
     describe_unit,
     encode_labels,
     labels_array,
@@ -62,8 +62,8 @@ from .probe_inputs import (
     unit_frame,
     units_tensor,
 )
-from .probe_solver import Fit, Problem, dense_features, feature_products, fit_adam, fit_lbfgs, intra_op_threads
-from .probe_span import find_spans, span_features
+from .solver import Fit, Problem, dense_features, feature_products, fit_adam, fit_lbfgs, intra_op_threads
+from .span import find_spans, span_features
 
 __all__ = ["LinearProbes", "ProbeResult", "probe", "unit_scores"]
 

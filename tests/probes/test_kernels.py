@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.primitives import probe_kernels, probe_span
-from workbench.primitives.probe import LinearProbes
-from workbench.primitives.probe_solver import Problem, dense_features, lbfgs
-from workbench.primitives.probe_span import find_spans, span_features
+from workbench.probes import kernels as probe_kernels, span as probe_span
+from workbench.probes import LinearProbes
+from workbench.probes.solver import Problem, dense_features, lbfgs
+from workbench.probes.span import find_spans, span_features
 
 pytestmark = pytest.mark.skipif(not probe_kernels.available(), reason="numba is not installed")
 

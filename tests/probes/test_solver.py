@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from workbench.primitives.probe import LinearProbes
-from workbench.primitives.probe_solver import _compact_lbfgs_direction, feature_products, residual_products
+from workbench.probes import LinearProbes
+from workbench.probes.solver import _compact_lbfgs_direction, feature_products, residual_products
 
 
 def two_loop(g, h0, pairs):

@@ -1,16 +1,16 @@
-"""The solvers behind :class:`~workbench.primitives.probe.LinearProbes`: many penalised logistic
+"""The solvers behind :class:`~workbench.probes.LinearProbes`: many penalised logistic
 regressions minimised together, as one batched tensor program.
 
 Kept apart from the estimator because it is pure optimisation: it sees a batch of units only as
 :class:`Features` (centred features ``[u, n, p]``, a quadratic penalty and a map back to raw-input
 weights), whether those are all ``d`` coordinates (:func:`dense_features`) or a unit's low-rank span
-(:mod:`workbench.primitives.probe_span`). Every unit minimises::
+(:mod:`workbench.probes.span`). Every unit minimises::
 
     mean_i CE(softmax(f_i V + b), y_i) + l2/2 * tr(V^T P V)        (P = I unless a span says otherwise)
 
 - :func:`fit_lbfgs` -- full-batch L-BFGS, batches of units sized to stay in cache, per-unit line
   searches and stopping, preconditioned by each unit's start Hessian (binary float32 problems on
-  CPU run it compiled: :mod:`workbench.primitives.probe_kernels`).
+  CPU run it compiled: :mod:`workbench.probes.kernels`).
 - :func:`fit_adam` -- mini-batch Adam (the expert-heads paper's training) on the same objective.
 """
 
@@ -23,8 +23,8 @@ from typing import Callable
 
 import torch
 
-from . import probe_kernels
-from .probe_inputs import nonfinite_error
+from . import kernels
+from .inputs import nonfinite_error
 
 __all__ = ["Features", "Fit", "Problem", "dense_features", "feature_products", "fit_adam", "fit_lbfgs", "gram", "intra_op_threads", "residual_products"]
 
@@ -299,12 +299,12 @@ def lbfgs(feats: Features, problem: Problem):
     only re-indexed), so a batch costs its units' own iteration counts, not the slowest's.
 
     Binary float32 batches on CPU run the same iteration compiled, one unit at a time
-    (:func:`~workbench.primitives.probe_kernels.lbfgs_binary`; ``problem.solver`` chooses).
+    (:func:`~workbench.probes.kernels.lbfgs_binary`; ``problem.solver`` chooses).
     """
     lg = _Logistic(feats, problem)
     if _compiled_kernel_applies(lg, problem.solver):
         target = lg.target[0, 0]
-        return probe_kernels.lbfgs_binary(lg.feats, target, lg.inv_hess, lg.inv_diag, lg.penalty, lg.penalty_inv, lg.curv, lg.l2, problem.tol, problem.max_iter)
+        return kernels.lbfgs_binary(lg.feats, target, lg.inv_hess, lg.inv_diag, lg.penalty, lg.penalty_inv, lg.curv, lg.l2, problem.tol, problem.max_iter)
     u, k, p = lg.u, lg.k, lg.p
     kp = k * p
     dtype, device = lg.feats.dtype, lg.feats.device
@@ -403,14 +403,14 @@ def lbfgs(feats: Features, problem: Problem):
 
 
 def _compiled_kernel_applies(lg: _Logistic, solver: str) -> bool:
-    """Whether :mod:`~workbench.primitives.probe_kernels` runs this batch (``solver="auto"``: when
+    """Whether :mod:`~workbench.probes.kernels` runs this batch (``solver="auto"``: when
     it can -- a binary float32 problem on CPU with numba installed)."""
     if solver == "torch":
         return False
     fits = lg.binary and lg.feats.dtype == torch.float32 and lg.feats.device.type == "cpu"
-    if solver == "compiled" and not (fits and probe_kernels.available()):
+    if solver == "compiled" and not (fits and kernels.available()):
         raise ValueError("solver='compiled' needs a binary float32 problem on CPU and numba installed")
-    return fits and probe_kernels.available()
+    return fits and kernels.available()
 
 
 def _compact_lbfgs_direction(g, h0g, S, Y, HY):

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from workbench.primitives.probe import LinearProbes, probe, unit_scores
+from workbench.probes import LinearProbes, probe, unit_scores
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""The exact low-rank shortcut of :class:`~workbench.primitives.probe.LinearProbes`.
+"""The exact low-rank shortcut of :class:`~workbench.probes.LinearProbes`.
 
 Why it exists: a head's contribution ``x^(l,h)`` lies in a ``d_head``-dimensional affine subspace
 of the ``d``-dimensional space it is read in (it is a combination of rows of ``W_O^h``; projecting
@@ -12,7 +12,7 @@ Two steps, both exact up to ``span_tol``:
    gives the rank, ``rank`` well-conditioned pivot columns of X and the map ``psi`` from them
    back to whole rows; then *one pass over X* that checks the span on every row (random row
    combinations, Freivalds' check) and gathers the pivot columns, unit-major;
-2. :func:`span_features` -- the solver's :class:`~workbench.primitives.probe_solver.Features` in
+2. :func:`span_features` -- the solver's :class:`~workbench.probes.solver.Features` in
    those ``rank`` coordinates, with the penalty that makes the objective identical.
 
 Units whose data are not (to ``span_tol``) in a low-dimensional span are left to the dense path.
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import probe_kernels
-from .probe_kernels import swaps_to_permutation
-from .probe_inputs import nonfinite_error
-from .probe_solver import Features, gram
+from . import kernels
+from .kernels import swaps_to_permutation
+from .inputs import nonfinite_error
+from .solver import Features, gram
 
 __all__ = ["Span", "find_spans", "span_features"]
 
@@ -175,7 +175,7 @@ def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
 
     Returns, per span, ``mixed [g, P, d]`` (float64) and the gathered columns unit-major
     ``[g, n, rank]`` -- the layout the solver reads. On CPU (float32) the compiled
-    :func:`~workbench.primitives.probe_kernels.mix_and_gather` makes the pass.
+    :func:`~workbench.probes.kernels.mix_and_gather` makes the pass.
     """
     n, n_units, d = x.shape
     on_cpu = x.device.type == "cpu"
@@ -185,8 +185,8 @@ def _mix_and_gather(x: torch.Tensor, weights: torch.Tensor, spans: list[Span]):
     h = weights - torch.zeros(_SPAN_PROBES, dtype=weights.dtype).index_add_(0, probe, weights)[probe] / torch.bincount(
         probe, minlength=_SPAN_PROBES
     ).clamp_min(1)[probe]
-    if on_cpu and x.dtype == torch.float32 and x.stride(2) == 1 and probe_kernels.available():
-        mixed, gathered = probe_kernels.mix_and_gather(x, h.float(), probe, _SPAN_PROBES, [s.units for s in spans], [s.cols for s in spans])
+    if on_cpu and x.dtype == torch.float32 and x.stride(2) == 1 and kernels.available():
+        mixed, gathered = kernels.mix_and_gather(x, h.float(), probe, _SPAN_PROBES, [s.units for s in spans], [s.cols for s in spans])
         mixed = mixed.transpose(0, 1)  # [u, P, d]
         return [mixed[s.units] for s in spans], gathered
     h = h.to(device=x.device, dtype=x.dtype)

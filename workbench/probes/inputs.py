@@ -1,4 +1,4 @@
-"""Input handling for :mod:`workbench.primitives.probe`: activation layouts, labels, unit tables, splits.
+"""Input handling for :mod:`workbench.probes`: activation layouts, labels, unit tables, splits.
 
 Kept apart from the estimator so that every way a user can hand over activations (a tensor
 ``[n, *unit_axes, d]``, a 2-d ``[n, units]``, a dict ``{key: [n, d]}``) and labels is validated in
