@@ -1,0 +1,89 @@
+"""Writing files so that a reader never sees half of one: the project's one atomic-write helper.
+
+Every file the workbench writes for later reading (activation shards and manifests, intervention specs
+and their sidecars, checkpoints, run summaries) goes through `atomic_write`: the content is written to a
+temporary file in the destination folder, flushed to disk, and renamed over the final name. A crash or a
+full disk leaves either the old file or the new one, never a truncated one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, Union
+
+__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "check_writable_dir", "TMP_SUFFIX"]
+
+PathLike = Union[str, os.PathLike]
+TMP_SUFFIX = ".tmp"  # temporary files are `.<name>.<random>.tmp` in the destination folder
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:  # a directory fsync makes the rename itself durable; not available on every OS (Windows)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: PathLike, write: Callable[[str], Any], mode: Optional[int] = None) -> Path:
+    """Call `write(tmp_path)` to fill a temporary file, then rename it to `path` (same folder).
+
+    mode: file permissions; default: what a plain `open(path, "w")` would give under the current umask
+    (temporary files are created 0600, which must not leak into the final file).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode() if mode is None else mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: PathLike, obj: Any, indent: Optional[int] = 2) -> Path:
+    """JSON with NaN/inf refused (they are not JSON), written atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent, allow_nan=False) + "\n")
+
+
+def check_writable_dir(folder: PathLike, what: str = "output folder") -> Path:
+    """Create `folder` if needed and check a file can be written there — before hours of work, not after.
+
+    Raises a ValueError naming the folder and the reason (exists as a file, permission denied, ...)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"the {what} {str(folder)!r} exists and is not a folder; pass another path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"cannot write to the {what} {str(folder)!r}: {err.strerror or err}; "
+                         "pass a folder you can write to") from None
+    return folder
