@@ -3,8 +3,7 @@ import pytest
 import torch
 
 from tests.models.archs import images_for
-
-TOL = 1e-5
+from tests.tolerance import assert_fp32_close
 
 
 def test_decomposition_sums_to_encode_image(pair):
@@ -14,7 +13,7 @@ def test_decomposition_sums_to_encode_image(pair):
     c = hooked.visual.cfg
     assert d.components.shape == (3, 1 + c.n_layers * (c.n_heads + 2) + 1, c.d_embed)
     with torch.no_grad():
-        assert (d.sum() - oc.encode_image(x)).abs().max().item() <= TOL
+        assert_fp32_close(d.sum(), oc.encode_image(x))
     assert d.labels[0] == "embed" and d.labels[-1] == "ln_post.bias" and "L0.H1" in d.labels
 
 
@@ -29,18 +28,18 @@ def test_head_contributions_match_manual_projection(tiny):
     for l in range(vit.cfg.n_layers):
         manual = torch.einsum("bhk,bkhd,hde->bhe", cache[f"blocks.{l}.attn.hook_pattern"][:, :, 0],
                               cache[f"blocks.{l}.attn.hook_v"], vit.blocks[l].attn.W_O)
-        torch.testing.assert_close(resid[:, l], manual, atol=TOL, rtol=0)
+        assert_fp32_close(resid[:, l], manual)
     sigma = cache["ln_post.hook_scale"]  # [b, 1]
     for i, l in enumerate([0, vit.cfg.n_layers - 1]):
         c = resid[:, l]
         manual = ((c - c.mean(-1, keepdim=True)) / sigma[:, :, None] * vit.ln_post.w) @ vit.proj
-        torch.testing.assert_close(embed[:, i], manual, atol=TOL, rtol=0)
+        assert_fp32_close(embed[:, i], manual)
 
 
 def test_decomposition_heads_agree_with_head_contributions(tiny):
     _, model = tiny
     x = images_for(model)
-    torch.testing.assert_close(model.visual.decompose(x).heads(), model.visual.head_contributions(x), atol=1e-6, rtol=0)
+    assert_fp32_close(model.visual.decompose(x).heads(), model.visual.head_contributions(x))
 
 
 def test_decomposition_table_and_lookup(tiny):

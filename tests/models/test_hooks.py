@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from tests.models.archs import TEXTS, images_for
+from tests.tolerance import assert_fp32_close
 
 
 def _perturb(t, hook):
@@ -78,11 +79,11 @@ def test_per_head_writes_are_consistent(tiny):
     _, cache = model.run_with_cache(x)
     attn = model.visual.blocks[1].attn
     result, cls = cache["blocks.1.attn.hook_result"], cache["blocks.1.attn.hook_cls_result"]
-    torch.testing.assert_close(result[:, 0], cls, atol=1e-6, rtol=0)
-    torch.testing.assert_close(result.sum(2) + attn.b_O, cache["blocks.1.hook_attn_out"], atol=1e-5, rtol=0)
+    assert_fp32_close(result[:, 0], cls)
+    assert_fp32_close(result.sum(2) + attn.b_O, cache["blocks.1.hook_attn_out"])
     manual = torch.einsum("bhk,bkhd,hde->bhe", cache["blocks.1.attn.hook_pattern"][:, :, 0],
                           cache["blocks.1.attn.hook_v"], attn.W_O)
-    torch.testing.assert_close(manual, cls, atol=1e-5, rtol=0)
+    assert_fp32_close(manual, cls)
 
 
 def test_fused_attention_is_used_without_attention_hooks(tiny, monkeypatch):
@@ -114,7 +115,7 @@ def test_zeroing_a_head_at_cls_removes_exactly_its_write(tiny):
     with model.hooks(fwd_hooks=[(f"blocks.{L}.attn.hook_cls_result", zero_head_2)]):
         _, edited = model.run_with_cache(x, names_filter=f"blocks.{L}.hook_resid_mid")
     delta = edited[f"blocks.{L}.hook_resid_mid"] - clean[f"blocks.{L}.hook_resid_mid"]
-    torch.testing.assert_close(delta[:, 0], -clean[f"blocks.{L}.attn.hook_cls_result"][:, 2], atol=1e-5, rtol=0)
+    assert_fp32_close(delta[:, 0], -clean[f"blocks.{L}.attn.hook_cls_result"][:, 2])
     assert delta[:, 1:].abs().max() == 0  # only the CLS position is touched
 
 
@@ -124,8 +125,7 @@ def test_text_cls_result_is_the_pooled_token(tiny):
     _, cache = model.run_with_cache(text=tokens, names_filter=lambda n: n.startswith("text.blocks.0.attn.hook_"))
     eot = tokens.argmax(-1)
     rows = torch.arange(len(TEXTS))
-    torch.testing.assert_close(cache["text.blocks.0.attn.hook_result"][rows, eot],
-                               cache["text.blocks.0.attn.hook_cls_result"], atol=1e-6, rtol=0)
+    assert_fp32_close(cache["text.blocks.0.attn.hook_result"][rows, eot], cache["text.blocks.0.attn.hook_cls_result"])
 
 
 def test_bad_inputs_give_clear_errors(tiny):
