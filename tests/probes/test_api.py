@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from workbench.probes import LinearProbes, probe, unit_scores
+from workbench.probes import LinearProbes, probe
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -173,6 +173,32 @@ def test_bad_input_raises_clear_errors(X, y, error, match):
         LinearProbes().fit(X, y)
 
 
+Y10 = np.arange(10) % 2
+
+
+@pytest.mark.parametrize(
+    "X, y, match",
+    [
+        (np.zeros((0, 4, 3)), np.zeros(0, int), r"X has no samples \(shape \(0, 4, 3\), axis 0 is empty\)"),
+        (torch.zeros(0, 5), [], r"X has no samples \(shape \(0, 5\)"),
+        ({"a": np.zeros((0, 3)), "b": np.zeros((0, 3))}, [], r"X\['a'\] has no samples \(shape \(0, 3\)"),
+        (np.zeros((10, 0, 3)), Y10, r"X has no units \(shape \(10, 0, 3\): a unit axis is empty\)"),
+        (np.zeros((10, 2, 0, 3)), Y10, r"X has no units \(shape \(10, 2, 0, 3\)"),
+        (np.zeros((10, 0)), Y10, r"X has no units \(shape \(10, 0\)"),
+        (np.zeros((10, 4, 0)), Y10, r"X has units with no features \(shape \(10, 4, 0\): the last axis is empty\)"),
+        ({"a": np.zeros((10, 0))}, Y10, r"X\['a'\] has units with no features"),
+        ({}, Y10, "X is an empty dict"),
+    ],
+)
+@pytest.mark.parametrize("entry", ["fit", "probe"])
+def test_empty_activations_say_which_axis_is_empty(X, y, match, entry):
+    with pytest.raises(ValueError, match=match):
+        if entry == "fit":
+            LinearProbes().fit(X, y)
+        else:
+            probe(X, y)
+
+
 @pytest.mark.parametrize("make", [full_rank, low_rank])
 def test_nan_is_reported_with_its_unit(make):
     X, y = make(np.random.default_rng(12))
@@ -244,31 +270,6 @@ def test_probe_dict_with_tuple_keys_and_bad_index():
         probe(X, y, unit_index=pd.Index([1, 2, 3], name="head"))
     with pytest.raises(ValueError, match="at least 2"):
         probe(X[:3], np.array([0, 1, 1]))
-
-
-# ----------------------------------------------------------------------------- unit_scores()
-
-
-def test_unit_scores_equal_sklearn_per_coordinate():
-    rng = np.random.default_rng(17)
-    acts = rng.integers(0, 5, size=(200, 3, 4)).astype(np.float32)  # [n, head, neuron], many ties
-    y = rng.integers(0, 2, 200)
-    table = unit_scores(acts, y, unit_index=["head", "neuron"], max_chunk_bytes=64 * 200 * 5)  # 5-unit chunks
-    assert list(table.columns) == ["head", "neuron", "auroc", "ap"]
-    for _, row in table.iterrows():
-        col = acts[:, int(row["head"]), int(row["neuron"])]
-        assert row.auroc == pytest.approx(roc_auc_score(y, col), abs=1e-6)
-        assert row.ap == pytest.approx(average_precision_score(y, col), abs=1e-6)
-
-
-def test_unit_scores_multiclass_one_row_per_class():
-    rng = np.random.default_rng(18)
-    acts = rng.standard_normal((150, 5))
-    y = np.array([2, 4, 8])[rng.integers(0, 3, 150)]
-    table = unit_scores(acts, y)
-    assert len(table) == 15 and sorted(table["class"].unique()) == [2, 4, 8]
-    row = table[(table.unit == 3) & (table["class"] == 4)].iloc[0]
-    assert row.ap == pytest.approx(average_precision_score(y == 4, acts[:, 3]), abs=1e-6)
 
 
 # ----------------------------------------------------------------------------- benchmark script

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.probes import kernels as probe_kernels, span as probe_span
-from workbench.probes import LinearProbes
+from workbench.probes import LinearProbes, kernels
 from workbench.probes.solver import Problem, dense_features, lbfgs
-from workbench.probes.span import find_spans, span_features
+from workbench.probes.span import Span, _mix_and_gather, find_spans, span_features
 
-pytestmark = pytest.mark.skipif(not probe_kernels.available(), reason="numba is not installed")
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
 
 
 def planted(seed=0, n=1500, units=6, d=24, shift=0.8):
@@ -72,7 +71,7 @@ def test_compiled_lbfgs_stops_at_max_iter_and_handles_separable_data():
 def test_compiled_sigmoid_is_accurate_over_the_whole_float32_range():
     m = torch.cat([torch.linspace(-120, 120, 4001), torch.tensor([0.0, -87.0, 87.0, 88.5, -88.5])])
     out = np.empty(len(m), np.float32)
-    probe_kernels._sigmoid(m.numpy(), out, np.empty(len(m), np.int32))
+    kernels._sigmoid(m.numpy(), out, np.empty(len(m), np.int32))
     exact = torch.sigmoid(m.double()).numpy()
     np.testing.assert_allclose(out, exact, rtol=3e-7, atol=1e-37)
 
@@ -83,12 +82,12 @@ def test_compiled_mix_and_gather_equals_the_torch_pass(monkeypatch):
     x = X[:, 2:7]  # strided units, as a chunk of the user's X
     weights = torch.randn(301, generator=gen, dtype=torch.float64)
     spans = [
-        probe_span.Span(torch.tensor([0, 3]), torch.tensor([[5, 1, 30], [0, 39, 7]]), None, None, 3, None),
-        probe_span.Span(torch.tensor([4]), torch.tensor([[2, 3, 11, 12, 17]]), None, None, 5, None),
+        Span(torch.tensor([0, 3]), torch.tensor([[5, 1, 30], [0, 39, 7]]), None, None, 3, None),
+        Span(torch.tensor([4]), torch.tensor([[2, 3, 11, 12, 17]]), None, None, 5, None),
     ]
-    mixed, gathered = probe_span._mix_and_gather(x, weights, spans)
-    monkeypatch.setattr(probe_kernels, "available", lambda: False)
-    mixed_t, gathered_t = probe_span._mix_and_gather(x, weights, spans)
+    mixed, gathered = _mix_and_gather(x, weights, spans)
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    mixed_t, gathered_t = _mix_and_gather(x, weights, spans)
     for a, b in zip(gathered, gathered_t):
         assert torch.equal(a, b)
     for span, got in zip(spans, gathered):  # and what the pass should gather, directly
@@ -102,7 +101,7 @@ def test_probes_fitted_with_and_without_the_kernels_agree(monkeypatch):
     x, y = planted(seed=5, n=2000, units=8, d=48)
     low = x[:, :, :12] @ torch.randn(12, 48, generator=torch.Generator().manual_seed(6))
     compiled = LinearProbes(seed=0).fit(low, y)
-    monkeypatch.setattr(probe_kernels, "available", lambda: False)
+    monkeypatch.setattr(kernels, "available", lambda: False)
     reference = LinearProbes(seed=0).fit(low, y)
     assert (compiled.span_rank_ == 12).all() and compiled.converged_.all()
     np.testing.assert_allclose(compiled.coef_, reference.coef_, rtol=0, atol=2e-3 * np.abs(reference.coef_).max())
@@ -113,4 +112,4 @@ def test_kernels_still_compile_where_numba_cannot_cache():
     # e.g. a read-only install without a writable home: numba refuses cache=True at decoration
     namespace = {}
     exec(compile("def add_one(x):\n    return x + 1\n", "<no file>", "exec"), namespace)
-    assert probe_kernels._jit(namespace["add_one"])(2) == 3
+    assert kernels._jit(namespace["add_one"])(2) == 3

@@ -1,9 +1,12 @@
-"""Fairness and retrieval metrics (definitions: shared/METHODS.md; each docstring gives the formula).
+"""Fairness, retrieval, classification and per-unit metrics (definitions: docs/metrics.md; each
+docstring gives the formula). Pure helpers: they import nothing from the other workbench layers.
 
 - :mod:`~workbench.metrics.retrieval`: ``rank`` (the ranking every metric uses), Recall@K, mAP, NDCG.
 - :mod:`~workbench.metrics.fairness`: retrieval fairness: NDKL, KL@k, MaxSkew / MinSkew@k,
   normalized entropy@k, Bias@K.
 - :mod:`~workbench.metrics.scores`: AUROC, average precision and PR curves, vectorised over units.
+- :mod:`~workbench.metrics.units`: ``unit_scores``, the AUROC / AP of every activation coordinate
+  used directly as a score (no fit), as a table with one row per unit.
 - :mod:`~workbench.metrics.classification`: zero-shot and worst-group accuracy, N-TIDE's
   EOp / EO / DP differences and RBD.
 """
@@ -28,6 +31,7 @@ from workbench.metrics.fairness import (
     skew_table,
 )
 from workbench.metrics.scores import PRCurve, auroc, average_precision, pr_curve
+from workbench.metrics.units import unit_scores
 from workbench.metrics.retrieval import (
     first_relevant_rank,
     mean_average_precision,
@@ -69,4 +73,5 @@ __all__ = [
     "average_precision",
     "pr_curve",
     "PRCurve",
+    "unit_scores",
 ]

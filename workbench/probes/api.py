@@ -26,10 +26,11 @@ d dimensions.
 ``optimizer="adam"`` reproduces the expert-heads paper's training (Adam, lr 1e-3, a few epochs of
 mini-batches) for the same objective; it does not use the shortcut.
 
-This module is the public API; the work is done in :mod:`.inputs` (input layouts, labels,
-splits), :mod:`.span` (the low-rank shortcut), :mod:`.solver` (batched L-BFGS / Adam)
-and :mod:`.kernels` (the CPU hot loops compiled with numba; the first fit after installing
-spends ~10 s compiling them, once).
+This module is the public API (``docs/probes.md``); the work is done in :mod:`.inputs` (input
+layouts, splits; labels and unit tables come from :mod:`workbench.metrics.units`), :mod:`.span`
+(the low-rank shortcut), :mod:`.solver` (batched L-BFGS / Adam), :mod:`.kernels` (the CPU hot
+loops compiled with numba; the first fit after installing spends ~10 s compiling them, once) and
+:mod:`.threads` (how chunks of units share the cores).
 
 Example::
 
@@ -42,7 +43,6 @@ Example::
 from __future__ import annotations
 
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -51,21 +51,14 @@ import numpy as np
 import torch
 
 from workbench.metrics.scores import auroc, average_precision, pr_curve
+from workbench.metrics.units import encode_labels, labels_array, unit_frame
 
-from .inputs import (
-    describe_unit,
-    encode_labels,
-    labels_array,
-    nonfinite_error,
-    score_matrix,
-    split_rows,
-    unit_frame,
-    units_tensor,
-)
-from .solver import Fit, Problem, dense_features, feature_products, fit_adam, fit_lbfgs, intra_op_threads
+from .inputs import describe_unit, nonfinite_error, require_rows, split_rows, units_tensor
+from .solver import Fit, Problem, dense_features, feature_products, fit_adam, fit_lbfgs
 from .span import find_spans, span_features
+from .threads import map_tasks
 
-__all__ = ["LinearProbes", "ProbeResult", "probe", "unit_scores"]
+__all__ = ["LinearProbes", "ProbeResult", "probe"]
 
 
 # ============================================================================ estimator
@@ -155,6 +148,7 @@ class LinearProbes:
         """
         self._check_params()
         acts, unit_shape, keys = units_tensor(X, self.dtype)
+        require_rows(acts, X)
         n, n_units, d = acts.shape
         codes, classes = encode_labels(y, n, self.n_classes)
         n_out = 1 if len(classes) == 2 else len(classes)
@@ -177,17 +171,9 @@ class LinearProbes:
                 x = x.to(device)
             return start, self._fit_chunk(x, codes_dev, len(classes), l2, max_iter, start, keys, unit_shape)
 
-        starts = range(0, n_units, chunk)
-        # On CPU each thread fits whole chunks with one intra-op thread: a chunk's tensors are
-        # cache-sized and its products skinny, so splitting each op across threads costs more than it
-        # saves (and OpenMP stalls badly when another process holds a core).
-        workers = min(torch.get_num_threads(), len(starts)) if on_cpu else 1
-        if workers > 1:
-            with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(fit_chunk, starts))
-        else:
-            results = map(fit_chunk, starts)
-        for start, fits in results:
+        # On CPU whole chunks share the cores (one worker each, one intra-op thread per op; the
+        # policy is in .threads); on other devices they run in turn.
+        for start, fits in map_tasks(fit_chunk, range(0, n_units, chunk), device):
             for rows, fit in fits:
                 at = rows + start
                 coef[at], intercept[at] = fit.coef.cpu(), fit.intercept.cpu()
@@ -373,6 +359,7 @@ def probe(
         :class:`ProbeResult` whose ``table`` lists every unit's held-out accuracy, AUROC and AP.
     """
     acts_t, unit_shape, keys = units_tensor(acts, probe_kwargs.get("dtype", torch.float32))
+    require_rows(acts_t, acts)
     n = acts_t.shape[0]
     codes, classes = encode_labels(labels, n, probe_kwargs.get("n_classes"))
     units = unit_frame(unit_index, unit_shape, keys)
@@ -406,47 +393,6 @@ def probe(
         pr_curves=curves,
         unit_columns=list(units.columns),
     )
-
-
-def unit_scores(acts, labels, unit_index=None, *, max_chunk_bytes: int = 256 * 2**20):
-    """AUROC and AP of every coordinate of ``acts`` used directly as a score -- no fitting.
-
-    The neuron-level test of the expert-heads method: a 1-d "probe" on a coordinate is the
-    coordinate itself, so its AP is that of the raw activation (paper: expert neurons AP > 0.42).
-
-    Args:
-        acts: ``[n, *unit_axes]`` -- every trailing axis indexes units (e.g. ``[n, heads, d_head]``
-            gives one unit per head and neuron), or a dict ``{key: [n] or [n, k]}``.
-        labels: ``[n]`` integer (or bool) labels. Binary: the positive class is the larger label.
-            More classes: one-vs-rest, one row per unit and class.
-        unit_index: as in :func:`probe` (names for the unit axes, or an index with one row per unit).
-        max_chunk_bytes: bounds the working memory; units are scored in chunks.
-
-    Returns:
-        DataFrame: unit columns, [``class``], ``auroc``, ``ap``.
-    """
-    import pandas as pd
-
-    scores, unit_shape, keys = score_matrix(acts)
-    n, n_units = scores.shape
-    codes, classes = encode_labels(labels, n, None)
-    units = unit_frame(unit_index, unit_shape, keys)
-    targets = [(None, codes)] if len(classes) == 2 else [(c, (codes == i).long()) for i, c in enumerate(classes)]
-    chunk = max(1, max_chunk_bytes // (64 * n))  # ~8 float64/long temporaries per score
-    frames = []
-    for cls, target in targets:
-        au = torch.empty(n_units, dtype=torch.float64)
-        ap = torch.empty(n_units, dtype=torch.float64)
-        for start in range(0, n_units, chunk):
-            block = scores[:, start : start + chunk]
-            au[start : start + chunk] = auroc(block, target).cpu()
-            ap[start : start + chunk] = average_precision(block, target).cpu()
-        frame = units.copy()
-        if cls is not None:
-            frame["class"] = cls
-        frame["auroc"], frame["ap"] = au.numpy(), ap.numpy()
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
 
 
 def _safe_metric(metric, scores, y) -> np.ndarray:

@@ -16,8 +16,6 @@ weights), whether those are all ``d`` coordinates (:func:`dense_features`) or a 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,8 +23,9 @@ import torch
 
 from . import kernels
 from .inputs import nonfinite_error
+from .threads import map_tasks
 
-__all__ = ["Features", "Fit", "Problem", "dense_features", "feature_products", "fit_adam", "fit_lbfgs", "gram", "intra_op_threads", "residual_products"]
+__all__ = ["Features", "Fit", "Problem", "dense_features", "feature_products", "fit_adam", "fit_lbfgs", "gram", "residual_products"]
 
 _SOLVER_BATCH_BYTES = 16 * 2**20  # features per solver batch: stays in cache across iterations
 _PRECONDITIONER_ROWS = 2048  # rows whose Gram approximates the start Hessian (when not needed exactly)
@@ -130,24 +129,9 @@ def fit_lbfgs(rows: torch.Tensor, make_features, p: int, n: int, itemsize: int, 
         coef, intercept = feats.to_raw(v, b)
         return batch, Fit(coef, intercept, n_iter, converged, feats.rank)
 
-    # A batch's tensors are cache-sized: intra-op threads cost more than they save (and stall badly
-    # on a shared machine). Use the cores on separate batches instead (torch releases the GIL).
-    workers = min(torch.get_num_threads(), len(batches))
-    if workers <= 1 or problem.codes.device.type != "cpu":
-        return [fit(batch) for batch in batches]
-    with intra_op_threads(1), ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fit, batches))
-
-
-@contextmanager
-def intra_op_threads(count: int):
-    """Run the block with ``count`` torch intra-op threads (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    # Batches are independent: they share the cores as the thread policy says (serially when this
+    # chunk already runs in a worker of LinearProbes.fit).
+    return map_tasks(fit, batches, problem.codes.device)
 
 
 class _Logistic:
