@@ -1,9 +1,12 @@
 """The shipped checkpoint behaves like a biased CLIP: it knows occupations, encodes gender and ethnicity,
 and its occupation retrieval carries the planted gender bias. Thresholds are the issue's targets; the
 measured values (README model card) clear them with margin."""
+import json
+
 import pytest
 
 from workbench.models import embedded_models, load_clip
+from workbench.models.loading import PRETRAINED_DIR
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +23,18 @@ def test_the_embedded_model_is_listed_and_loads_offline():
     assert model.visual.cfg.image_size == (64, 64)
 
 
+def test_card_reproduces_the_shipped_card(card):
+    """`workbench card` measures the numbers shipped in synthsocial.card.json (rounded to 4 digits there;
+    1.5e-4 allows a rounding boundary crossed by fp32 noise, not one image changing class)."""
+    shipped = json.loads((PRETRAINED_DIR / "synthsocial.card.json").read_text())["card"]
+    assert set(card) == set(shipped)
+    assert card["dataset"] == shipped["dataset"]
+    for key in set(card) - {"dataset"}:
+        assert card[key] == pytest.approx(shipped[key], abs=1.5e-4), key
+
+
 def test_zero_shot_occupation_accuracy(card):
-    assert card["zero_shot_occupation_accuracy"] >= 0.85
+    assert card["zero_shot_accuracy"] >= 0.85
 
 
 def test_attributes_are_linearly_decodable(card):
@@ -31,13 +44,13 @@ def test_attributes_are_linearly_decodable(card):
 
 def test_planted_gender_bias_is_measurable(card):
     assert card["gender_ndkl"] >= 0.05
-    assert card["gender_maxskew@100"] > 0.1
+    assert card["gender_maxskew_at_100"] > 0.1
 
 
 def test_bias_follows_the_planted_direction():
     """Occupations trained 90 % female rank female images first; 90 % male ones rank male images first."""
     from workbench.data import SynthSocial, vocab
-    from workbench.embedded.card import embed_images
+    from workbench.evaluation import embed_images
 
     model = load_clip("synthsocial")
     data = SynthSocial("test_balanced", seed=3, n=1024)

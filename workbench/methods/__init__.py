@@ -1,0 +1,15 @@
+"""Debiasing methods, one module each, registered by name (see docs/methods.md).
+
+- `registry`: `register_method`, `get_method`, `list_methods`, `method_for_spec` (a spec's
+  `provenance["method"]` → the function that made it).
+- `expert_heads`: find the heads that carry an attribute into retrieval and replace their writes with a
+  neutral prototype (registered as "expert_heads").
+
+Each method is a thin composition of the layers below it (activations, probes, primitives, evaluation):
+it never re-implements a forward pass, a probe or a metric, and its result is a list of edits that
+exports as an `InterventionSpec`.
+"""
+from .registry import get_method, list_methods, method_for_spec, register_method
+from . import expert_heads  # noqa: E402,F401  (registers "expert_heads"; the module keeps its name here)
+
+__all__ = ["register_method", "get_method", "list_methods", "method_for_spec"]
