@@ -1,5 +1,7 @@
 """load_clip, checkpoints without pickle, and clear errors for what is not supported."""
 import fractions
+import random
+import re
 import warnings
 
 import pytest
@@ -43,6 +45,81 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"state_dict": {"w": fractions.Fraction(1, 2)}}, path)  # an arbitrary pickled object
     with pytest.raises(ValueError, match="weights-only"):
         load_clip("wb-tiny", checkpoint=path)
+
+
+def test_garbage_safetensors_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(random.Random(0).randbytes(2000))  # 2 kB of noise
+    with pytest.raises(ValueError, match=r"'.*weights\.safetensors' is not a valid safetensors file .*corrupted"):
+        load_clip("wb-tiny", checkpoint=path)
+    path.write_bytes(b"")  # an empty (e.g. interrupted) download
+    with pytest.raises(ValueError, match=r"weights\.safetensors' is not a valid safetensors file"):
+        load_clip("wb-tiny", checkpoint=path)
+
+
+def test_checkpoint_format_is_read_from_the_bytes_not_the_suffix(tmp_path):
+    from safetensors.torch import save_file
+
+    oc = build_open_clip("wb-tiny", seed=3)
+    state = {k: v.contiguous() for k, v in oc.state_dict().items() if k != "attn_mask"}
+    as_bin = tmp_path / "open_clip_pytorch_model.bin"
+    save_file(state, str(as_bin))  # safetensors content under a torch suffix loads
+    x = images_for(load_clip("wb-tiny", checkpoint=as_bin))
+    with torch.no_grad():
+        torch.testing.assert_close(load_clip("wb-tiny", checkpoint=as_bin).encode_image(x), oc.encode_image(x),
+                                   rtol=1e-5, atol=1e-5)
+    misnamed = tmp_path / "weights.safetensors"
+    torch.save(state, misnamed)  # a torch zip under the safetensors suffix: say so
+    with pytest.raises(ValueError, match=r"not a valid safetensors file .*looks like a torch\.save file: rename it to \.pt"):
+        load_clip("wb-tiny", checkpoint=misnamed)
+
+
+def test_garbage_torch_checkpoint_is_not_blamed_on_pickle(tmp_path):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match=r"'.*weights\.pt' is not a readable torch checkpoint .*corrupted"):
+        load_clip("wb-tiny", checkpoint=path)
+
+
+def test_checkpoint_folder_says_which_file_to_pass(tmp_path):
+    (tmp_path / "open_clip_model.safetensors").write_bytes(b"x")
+    (tmp_path / "README.md").write_text("model card")
+    with pytest.raises(ValueError, match=r"is a folder, not a weights file; pass the file itself, "
+                       r"e\.g\. checkpoint='.*open_clip_model\.safetensors' \(weights files in it: "
+                       r"open_clip_model\.safetensors\)"):
+        load_clip("wb-tiny", checkpoint=tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"'.*empty' is a folder.*holds no \.safetensors/\.pt/\.pth/\.bin file"):
+        load_clip("wb-tiny", checkpoint=str(empty))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.safetensors"):
+        load_clip("wb-tiny", checkpoint=tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.complex64, "int8", "half-ish"])
+def test_non_float_dtype_lists_the_accepted_ones(dtype):
+    with pytest.raises(ValueError, match=r"dtype.*int8|dtype.*bool|dtype.*complex64|dtype 'half-ish'") as err:
+        load_clip("synthsocial", dtype=dtype)
+    assert "torch.float32 (default), torch.float16, torch.bfloat16 or torch.float64" in str(err.value)
+    assert "'fp16', 'bf16'" in str(err.value)
+
+
+@pytest.mark.parametrize("dtype, expected", [("bf16", torch.bfloat16), (torch.float64, torch.float64)])
+def test_float_dtypes_are_applied(dtype, expected):
+    model = load_clip("synthsocial", dtype=dtype)
+    assert {p.dtype for p in model.parameters()} == {expected}
+
+
+@pytest.mark.parametrize("name", [None, 3, "", ["synthsocial"]])
+def test_missing_model_name_lists_the_models(name):
+    with pytest.raises(ValueError, match=rf"load_clip needs a model name \(a string\), got {re.escape(repr(name))}\. "
+                       r"Embedded models \(run offline\): 'synthsocial'; workbench\.models\.list_models\(\)"):
+        load_clip(name)
+
+
+def test_model_name_given_as_a_path_points_to_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match=r"looks like a path: pass the architecture's name and checkpoint="):
+        load_clip(name=tmp_path / "weights.safetensors")
 
 
 def test_checkpoint_for_another_architecture_is_a_clear_error(tmp_path):

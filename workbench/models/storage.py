@@ -12,6 +12,8 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from workbench.files import atomic_write
+
 ROWS, IDS, SHAPE = ".__rows", ".__ids", ".__shape"
 
 
@@ -40,11 +42,9 @@ def save_compact(state: dict[str, Tensor], path, sparse_rows: Optional[dict[str,
         ids_t = torch.as_tensor(sorted(set(int(i) for i in ids)), dtype=torch.int64)
         out[key + ROWS], out[key + IDS] = full[ids_t].contiguous(), ids_t
         out[key + SHAPE] = torch.tensor(full.shape, dtype=torch.int64)
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(out, str(tmp), metadata={"format": "workbench-compact-v1", **(metadata or {})})
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint under the final name
-    return path
+    # atomic: a crash never leaves a half-written checkpoint under the final name
+    return atomic_write(path, lambda tmp: save_file(out, tmp, metadata={"format": "workbench-compact-v1",
+                                                                      **(metadata or {})}))
 
 
 def load_into(model: nn.Module, checkpoint) -> nn.Module:
