@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import math
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence, Union
@@ -34,9 +35,11 @@ from .store import (
     identity,
     read_manifest,
     remove_leftovers,
-    save_shard_atomic,
+    save_shard,
+    shard_metadata,
     shard_name,
-    valid_completed_prefix,
+    shard_rows,
+    sort_out_shards,
     write_json_atomic,
 )
 
@@ -435,14 +438,18 @@ def _extract_in_memory(collector: SiteCollector, source, header: dict, dtype: to
 
 
 def _resume_or_start(root: Path, collector: SiteCollector, source, header: dict, shard_size: Optional[int]) -> dict:
-    """The cache's manifest if it matches the request (listed shards that were damaged are dropped), else a
-    new one (after a probe forward pass for the shapes), written to disk before any shard."""
+    """The cache's manifest if it matches the request, else a new one (after a probe forward pass for the
+    shapes), written to disk before any shard. Every listed shard is verified in full (size, header,
+    sha256); damaged ones are dropped from the manifest, with a warning, so that only they are recomputed."""
     if (root / MANIFEST).exists():
         manifest = read_manifest(root)
         requested = identity({**header, "sites": dict.fromkeys(collector.sites), "shard_size": shard_size})
         check_compatible(manifest, requested, root)
-        intact = valid_completed_prefix(root, manifest)
-        if len(intact) < len(manifest["completed"]):  # recompute from the first damaged shard on
+        intact, damaged = sort_out_shards(root, manifest)
+        if damaged:
+            warnings.warn(f"activation cache {root}: recomputing {len(damaged)} damaged shard(s):\n  "
+                          + "\n  ".join(damaged), UserWarning, stacklevel=4)
+        if intact != manifest["completed"]:
             manifest["completed"] = intact
             write_json_atomic(root / MANIFEST, manifest)
         return manifest
@@ -456,24 +463,28 @@ def _resume_or_start(root: Path, collector: SiteCollector, source, header: dict,
 
 def _extract_missing_shards(root: Path, manifest: dict, collector: SiteCollector, source, dtype: torch.dtype,
                             batch_size: int, progress: bool) -> None:
-    """Run the batches of every shard not yet completed; write each shard when full, then record it."""
-    n, shard_size, done = manifest["n"], manifest["shard_size"], len(manifest["completed"])
-    if done == manifest["n_shards"]:
+    """Run the batches of every shard not yet completed (not necessarily a suffix: a damaged shard in the
+    middle is recomputed alone); write each shard when full, then record it in the manifest."""
+    n, shard_size = manifest["n"], manifest["shard_size"]
+    done = {r["start"] // shard_size for r in manifest["completed"]}
+    missing = [i for i in range(manifest["n_shards"]) if i not in done]
+    if not missing:
         return
     shapes = {s: manifest["sites"][s]["shape"] for s in collector.sites}
     buffer = RowBuffer(min(shard_size, n), shapes, manifest["label_keys"], dtype)  # reused for every shard
     # this call's batch size may differ from the first run's (the manifest keeps that one): shards hold the same rows
-    plan = plan_batches(done * shard_size, n, batch_size, shard_size)
-    for (start, stop), acts, labels in _run(collector, source, plan, n, done * shard_size, progress):
+    plan = [batch for i in missing for batch in plan_batches(*shard_rows(manifest, i), batch_size, shard_size)]
+    n_done = n - sum(b - a for a, b in plan)
+    for (start, stop), acts, labels in _run(collector, source, plan, n, n_done, progress):
         _check_shapes(acts, shapes)
         shard, row = divmod(start, shard_size)
         buffer.put(row, acts, labels)
-        shard_start = shard * shard_size
-        if stop == min(shard_start + shard_size, n):
-            size = save_shard_atomic(root / shard_name(shard), buffer.tensors(stop - shard_start),
-                                     {"schema": SCHEMA, "start": str(shard_start), "stop": str(stop)})
-            manifest["completed"].append({"file": shard_name(shard), "start": shard_start, "stop": stop,
-                                          "bytes": size})
+        shard_start, shard_stop = shard_rows(manifest, shard)
+        if stop == shard_stop:
+            written = save_shard(root / shard_name(shard), buffer.tensors(stop - shard_start),
+                                 shard_metadata(shard, shard_start, stop, manifest["dtype"]))
+            manifest["completed"].append({"file": shard_name(shard), "start": shard_start, "stop": stop, **written})
+            manifest["completed"].sort(key=lambda r: r["start"])
             manifest["updated"] = _now()
             write_json_atomic(root / MANIFEST, manifest)
 

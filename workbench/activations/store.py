@@ -1,19 +1,31 @@
-"""On-disk activation store: safetensors shards plus a JSON manifest, written atomically.
+"""On-disk activation store: safetensors shards plus a JSON manifest, checksummed and written atomically.
 
-Layout of a cache directory::
+Layout of a cache directory (docs/activations.md describes it in full)::
 
     cache_dir/manifest.json              what was extracted, from what, and which shards are complete
-    cache_dir/shard_00000.safetensors    rows [0, shard_size): "act/<site>" [m, *shape], "label/<key>" [m]
+                                         (per shard: file, rows, byte size, sha256 of the file's bytes)
+    cache_dir/shard_00000.safetensors    rows [0, shard_size): "act/<site>" [m, *shape], "label/<key>" [m];
+                                         its metadata repeats its index, rows and dtype
     cache_dir/shard_00001.safetensors    rows [shard_size, 2·shard_size) …
 
-Crash safety: every file is written to `<name>.tmp`, fsynced and renamed over its final name, so a reader
-never sees a half-written file. A shard counts only once the manifest lists it (with its byte size); the
-manifest is rewritten after each shard, so a kill between the two leaves an unlisted shard that the next
-run overwrites. Completed shards always form a prefix of the data, so a resumed run continues at the first
-missing shard.
+Crash safety: every file goes through `workbench.files.atomic_write` (temporary file, fsync, rename), so a
+reader never sees a half-written file. A shard counts only once the manifest lists it; the manifest is
+rewritten after each shard, so a kill between the two leaves an unlisted shard that the next run rewrites.
+
+What is verified, and when:
+- `ActivationStore.open`: every listed shard exists with its recorded byte size, and its safetensors header
+  agrees with the manifest (index and rows in the shard's metadata, tensor names, dtypes and shapes). Cheap:
+  the header only.
+- the first read of a shard in a process: the sha256 of the whole file against the manifest's (the file
+  is read once more; about the cost of reading it).
+- a resumed `extract(...)`: all of the above for every listed shard; the damaged ones, and only those,
+  are recomputed.
+A failed check raises `ShardError`, naming the shard file and saying to call `extract(...)` again with the
+same cache_dir.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,11 +34,26 @@ from typing import Iterator, Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
-SCHEMA = "workbench.activations/v1"
+from workbench.files import TMP_SUFFIX, atomic_write, write_json_atomic
+
+SCHEMA = "workbench.activations/v2"
+OLD_SCHEMAS = ("workbench.activations/v1",)  # byte sizes only, no checksums: not readable, recompute
 MANIFEST = "manifest.json"
 ACT_PREFIX, LABEL_PREFIX = "act/", "label/"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# safetensors' header spelling of each storage dtype (labels are always int64, "I64")
+HEADER_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+_HASH_CHUNK = 4 * 2**20
 
+
+class ShardError(ValueError):
+    """A cached shard is missing, damaged, or disagrees with the manifest (the message names the file).
+
+    Attributes: `path` (the shard file) and `problem` (what is wrong with it, without the advice)."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"activation shard {path} {problem}; {redo_hint(path.parent)}")
+        self.path, self.problem = path, problem
 
 
 def shard_name(index: int) -> str:
@@ -41,55 +68,63 @@ def dtype_name(dtype: torch.dtype) -> str:
     return name
 
 
-# ---------------------------------------------------------------------------------------------- atomic files
-def _fsync_dir(folder: Path) -> None:
-    try:  # a directory fsync makes the rename itself durable; not available on every OS (Windows)
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def redo_hint(root: Path) -> str:
+    return (f"call extract(...) again with the same arguments and cache_dir={str(root)!r}: "
+            "it recomputes the damaged shard(s) only")
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
+# ---------------------------------------------------------------------------------------------- files
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB chunks (memory stays flat)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    _replace_atomically(tmp, path)
+def shard_metadata(index: int, start: int, stop: int, dtype: str) -> dict[str, str]:
+    """What a shard records about itself (safetensors metadata is str → str), so a shard renamed or listed
+    under another name, or a manifest whose dtype was changed, is caught from the shard's own header."""
+    return {"schema": SCHEMA, "index": str(index), "start": str(start), "stop": str(stop), "dtype": dtype}
 
 
-def save_shard_atomic(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> int:
-    """Write a safetensors shard via `<path>.tmp` + rename; returns its size in bytes."""
+def save_shard(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> dict:
+    """Write a safetensors shard atomically; returns {"bytes": size, "sha256": hex digest of the file}.
+
+    The digest is taken from the temporary file before the rename (the bytes are still in the page cache,
+    so this costs hashing, not a disk read). A written shard is not marked verified: readers check it like
+    any other (a file timestamp is too coarse to prove it was not changed since)."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata))
-    _replace_atomically(tmp, path)
-    return path.stat().st_size
+    digest = {}
+
+    def write(tmp: str) -> None:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=dict(metadata))
+        digest["sha256"] = file_sha256(Path(tmp))
+
+    atomic_write(path, write)
+    return {"bytes": path.stat().st_size, "sha256": digest["sha256"]}
+
+
+# Leftovers of a killed run: files.atomic_write's temporary names, and the older `<name>.tmp` ones.
+_LEFTOVERS = (f".{MANIFEST}.*{TMP_SUFFIX}", f".shard_*.safetensors.*{TMP_SUFFIX}",
+              f"{MANIFEST}{TMP_SUFFIX}", f"shard_*.safetensors{TMP_SUFFIX}")
 
 
 def remove_leftovers(root: Path) -> list[str]:
-    """Delete `*.tmp` files left by a killed run (never read; their final names were never written)."""
+    """Delete temporary files left by a killed run (never read; their final names were never written)."""
     removed = []
-    for tmp in root.glob("*.tmp"):
-        tmp.unlink()
-        removed.append(tmp.name)
+    for pattern in _LEFTOVERS:
+        for tmp in root.glob(pattern):
+            tmp.unlink()
+            removed.append(tmp.name)
     return removed
 
 
 def clear_cache_dir(root: Path) -> None:
-    """Remove the store's own files (manifest, shards, temp files) and nothing else."""
-    for pattern in (MANIFEST, "shard_*.safetensors", "*.tmp"):
+    """Remove the store's own files (manifest, shards, temporary files) and nothing else."""
+    for pattern in (MANIFEST, "shard_*.safetensors", *_LEFTOVERS):
         for path in root.glob(pattern):
             path.unlink()
 
@@ -103,12 +138,17 @@ def read_manifest(root: Path) -> dict:
             "workbench.activations.extract(model, dataset, sites, cache_dir=...)"
         )
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); delete the folder or re-run extract with "
                          "overwrite=True") from e
-    if manifest.get("schema") != SCHEMA:
-        raise ValueError(f"{path} has schema {manifest.get('schema')!r}, expected {SCHEMA!r}; "
+    schema = manifest.get("schema") if isinstance(manifest, dict) else None
+    if schema in OLD_SCHEMAS:
+        raise ValueError(f"{path} has schema {schema!r}: written by an earlier workbench that recorded no "
+                         f"checksums, so its shards cannot be verified; re-run extract(...) with overwrite=True "
+                         "to recompute it, or use a new cache_dir")
+    if schema != SCHEMA:
+        raise ValueError(f"{path} has schema {schema!r}, expected {SCHEMA!r}; "
                          "it was written by another tool or version: use a new cache_dir or overwrite=True")
     return manifest
 
@@ -142,15 +182,124 @@ def check_compatible(stored: dict, requested: dict, root: Path) -> None:
             )
 
 
-def valid_completed_prefix(root: Path, manifest: dict) -> list[dict]:
-    """The listed shards that are still intact (file present, recorded size), up to the first damaged one."""
-    good = []
+def shard_rows(manifest: dict, index: int) -> tuple[int, int]:
+    """Rows [start, stop) of shard `index`."""
+    start = index * manifest["shard_size"]
+    return start, min(start + manifest["shard_size"], manifest["n"])
+
+
+def record_problem(manifest: dict, record) -> Optional[str]:
+    """Why a manifest entry of `completed` is not a well-formed record of its shard (None if it is)."""
+    if not (isinstance(record, dict) and isinstance(record.get("file"), str)
+            and all(isinstance(record.get(k), int) for k in ("start", "stop", "bytes"))
+            and isinstance(record.get("sha256"), str)):
+        return f"has a malformed entry in {MANIFEST} ({record!r}): expected file, start, stop, bytes, sha256"
+    rows = f"rows [{record['start']}, {record['stop']})"
+    index, offset = divmod(record["start"], manifest["shard_size"])
+    if offset or not 0 <= index < manifest["n_shards"] or record["stop"] != shard_rows(manifest, index)[1]:
+        return f"is listed in {MANIFEST} for {rows}, which are no shard's rows (the manifest was edited)"
+    if record["file"] != shard_name(index):
+        return (f"is listed in {MANIFEST} for {rows}, which are the rows of {shard_name(index)} "
+                "(shard names in the manifest were swapped or edited)")
+    return None
+
+
+def completed_records(manifest: dict) -> dict[int, dict]:
+    """{shard index: record} of the well-formed entries of `completed`."""
+    return {record["start"] // manifest["shard_size"]: record
+            for record in manifest.get("completed", []) if record_problem(manifest, record) is None}
+
+
+def completed_prefix(manifest: dict) -> list[dict]:
+    """The completed shards 0, 1, … up to the first one not completed (a prefix of the dataset)."""
+    records, out = completed_records(manifest), []
+    while len(out) in records:
+        out.append(records[len(out)])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- verification
+# Shards whose checksum was verified in this process, keyed by what would change if the file were rewritten:
+# a file is hashed once per process, not on every read.
+_VERIFIED: set[tuple[str, str, int, int]] = set()
+
+
+def _verified_key(path: Path, sha256: str, stat: os.stat_result) -> tuple[str, str, int, int]:
+    return str(path.resolve()), sha256, stat.st_size, stat.st_mtime_ns
+
+
+def mark_verified(path: Path, sha256: str, stat: Optional[os.stat_result] = None) -> None:
+    _VERIFIED.add(_verified_key(path, sha256, stat or path.stat()))
+
+
+def check_shard_header(root: Path, manifest: dict, record: dict) -> None:
+    """Raise ShardError unless the shard file exists with its recorded size and its safetensors header agrees
+    with the manifest: index and rows in its metadata, one tensor per site and label key, with the manifest's
+    dtype and [rows, *shape]. Reads the header only."""
+    from safetensors import SafetensorError, safe_open
+
+    path = root / record["file"]
+    problem = record_problem(manifest, record)
+    if problem:
+        raise ShardError(path, problem)
+    size = path.stat().st_size if path.is_file() else None
+    if size != record["bytes"]:
+        found = "is missing" if size is None else f"has {size} bytes"
+        raise ShardError(path, f"is damaged: {MANIFEST} records {record['bytes']} bytes but the file {found}")
+    index = record["start"] // manifest["shard_size"]
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            header = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}
+    except SafetensorError as e:
+        raise ShardError(path, f"is damaged: its safetensors header cannot be read ({e})") from None
+    claimed = {k: meta.get(k) for k in ("index", "start", "stop")}
+    expected = {"index": str(index), "start": str(record["start"]), "stop": str(record["stop"])}
+    if claimed != expected:
+        raise ShardError(path, f"holds shard {claimed['index']} (rows [{claimed['start']}, {claimed['stop']})) "
+                                f"but {MANIFEST} lists it as shard {index} (rows [{record['start']}, {record['stop']})): "
+                                "shard files were renamed or the manifest was edited")
+    m = record["stop"] - record["start"]
+    want = {ACT_PREFIX + s: (HEADER_DTYPES[manifest["dtype"]], [m, *v["shape"]]) for s, v in manifest["sites"].items()}
+    want.update({LABEL_PREFIX + k: ("I64", [m]) for k in manifest["label_keys"]})
+    missing = sorted(set(want) - set(header))
+    if missing:
+        raise ShardError(path, f"lacks tensor(s) {missing} that {MANIFEST} lists")
+    for key, (dtype, shape) in want.items():
+        if header[key][0] != dtype:
+            raise ShardError(path, f"holds {key} as {header[key][0]} but {MANIFEST} says dtype "
+                                    f"{manifest['dtype']!r} ({dtype}): the manifest was edited or belongs to other shards")
+        if header[key][1] != shape:
+            raise ShardError(path, f"holds {key} with shape {header[key][1]} but {MANIFEST} implies {shape}")
+
+
+def verify_shard(root: Path, manifest: dict, record: dict) -> None:
+    """check_shard_header, then the sha256 of the whole file against the manifest's (once per process)."""
+    check_shard_header(root, manifest, record)
+    path = root / record["file"]
+    stat = path.stat()
+    if _verified_key(path, record["sha256"], stat) in _VERIFIED:
+        return
+    digest = file_sha256(path)
+    if digest != record["sha256"]:
+        raise ShardError(path, f"is damaged: its sha256 is {digest[:16]}… but {MANIFEST} records "
+                                f"{record['sha256'][:16]}… (the file's content changed since it was written)")
+    mark_verified(path, digest, stat)
+
+
+def sort_out_shards(root: Path, manifest: dict) -> tuple[list[dict], list[str]]:
+    """Fully verify every listed shard: (intact records in shard order, one line per damaged or malformed
+    entry saying what is wrong with it). Used when resuming, to recompute exactly the damaged ones."""
+    intact: dict[int, dict] = {}
+    damaged = []
     for record in manifest.get("completed", []):
-        path = root / record["file"]
-        if not path.is_file() or path.stat().st_size != record["bytes"]:
-            break
-        good.append(record)
-    return good
+        try:
+            verify_shard(root, manifest, record)
+        except ShardError as e:
+            damaged.append(f"{e.path.name} {e.problem}")
+            continue
+        intact[record["start"] // manifest["shard_size"]] = record  # a shard listed twice counts once
+    return [intact[i] for i in sorted(intact)], damaged
 
 
 # ---------------------------------------------------------------------------------------------- buffers
@@ -198,32 +347,36 @@ class ActivationStore:
         self.root = None if root is None else Path(root)
         self._tensors = tensors  # in memory: keyed like a shard file ("act/<site>", "label/<key>")
         self._labels: Optional[dict[str, Tensor]] = None
-        self._shards = manifest["completed"] if root is not None else []
+        self._shards = completed_prefix(manifest) if root is not None else []
 
     # -------------------------------------------------------------- construction
     @classmethod
     def open(cls, cache_dir, partial: bool = False) -> "ActivationStore":
         """Open a cache folder. An unfinished extraction raises unless `partial=True` (then the store holds
-        the completed shards only, a prefix of the dataset)."""
+        the completed shards up to the first missing one: a prefix of the dataset).
+
+        Every listed shard is checked against the manifest here (size and safetensors header, cheap); its
+        sha256 is checked the first time it is read in this process (`verify()` checks all of them now). A
+        failed check raises ShardError naming the shard file (see docs/activations.md)."""
         root = Path(cache_dir)
         manifest = read_manifest(root)
-        n_done = sum(r["stop"] - r["start"] for r in manifest["completed"])
-        if n_done < manifest["n"] and not partial:
-            raise ValueError(
-                f"the extraction in {root} is unfinished ({len(manifest['completed'])} of {manifest['n_shards']} "
-                f"shards, {n_done} of {manifest['n']} items); call extract(...) again with the same arguments and "
-                "cache_dir to resume it, or open it with partial=True to read the completed part"
-            )
         for record in manifest["completed"]:
-            path = root / record["file"]
-            size = path.stat().st_size if path.is_file() else None
-            if size != record["bytes"]:
-                found = "missing" if size is None else f"{size} bytes"
-                raise ValueError(
-                    f"shard {path} is damaged (manifest says {record['bytes']} bytes, found {found}); "
-                    "call extract(...) again with the same cache_dir to recompute it"
-                )
+            check_shard_header(root, manifest, record)
+        shards = completed_prefix(manifest)
+        if len(shards) < manifest["n_shards"] and not partial:
+            n_done = sum(r["stop"] - r["start"] for r in completed_records(manifest).values())
+            raise ValueError(
+                f"the extraction in {root} is unfinished ({len(completed_records(manifest))} of "
+                f"{manifest['n_shards']} shards, {n_done} of {manifest['n']} items); call extract(...) again with "
+                "the same arguments and cache_dir to resume it, or open it with partial=True to read the "
+                "completed part"
+            )
         return cls(manifest, root=root)
+
+    def verify(self) -> None:
+        """Check every shard's sha256 now (otherwise each is checked on its first read in this process)."""
+        for record in self._shards:
+            verify_shard(self.root, self.manifest, record)
 
     # -------------------------------------------------------------- description
     @property
@@ -294,10 +447,15 @@ class ActivationStore:
         return site
 
     def _read(self, record: dict, keys: Sequence[str]) -> dict[str, Tensor]:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(self.root / record["file"]), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in keys}
+        path = self.root / record["file"]
+        verify_shard(self.root, self.manifest, record)  # the sha256 is computed once per process
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in keys}
+        except (SafetensorError, OSError) as e:  # e.g. replaced or removed after it was verified
+            raise ShardError(path, f"cannot be read ({e})") from None
 
     def _gather(self, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         if self.root is None:
