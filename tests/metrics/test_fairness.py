@@ -186,8 +186,6 @@ def test_normalized_entropy_by_hand():
     assert normalized_entropy_at_k(sim, groups, 4) == pytest.approx(h / math.log(2))  # 0.8113
     assert normalized_entropy_at_k(sim, groups, 4, n_groups=3) == pytest.approx(h / math.log(3))
     assert normalized_entropy_at_k(sim, np.zeros(6, int), 4, n_groups=2) == 0.0  # single class
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        normalized_entropy_at_k(sim, np.zeros(6, int), 4)
 
 
 def test_bias_at_k_by_hand():
@@ -198,9 +196,57 @@ def test_bias_at_k_by_hand():
     assert bias_at_k(sim, groups, 5, denominator="pair") == pytest.approx(((3 - 1) / 4 + 0) / 2)
     assert bias_at_k(sim, groups, 5, classes=(1, 0), return_per_query=True)["bias"].tolist() == \
         pytest.approx([-0.4, 0.0])
-    assert bias_at_k(sim[:, [3]], groups[[3]], 1, denominator="pair") == 0.0  # neither class: 0
+    only_unknown_on_top = np.array([[1.0, 2, 3, 6, 5, 4]])  # top-1 is item 3, gender unknown
+    assert bias_at_k(only_unknown_on_top, groups, 1, denominator="pair") == 0.0  # neither class in the top K: 0
     with pytest.raises(ValueError, match="denominator"):
         bias_at_k(sim, groups, 5, denominator="n")
+
+
+ALL_METRICS = {  # name -> call on (sim, groups, **kwargs)
+    "ndkl": lambda sim, g, **kw: ndkl(sim, g, **kw),
+    "kl_divergence_at_k": lambda sim, g, **kw: kl_divergence_at_k(sim, g, 3, **kw),
+    "skew_table": lambda sim, g, **kw: skew_table(sim, g, 3, **kw),
+    "max_skew_at_k": lambda sim, g, **kw: max_skew_at_k(sim, g, 3, **kw),
+    "min_skew_at_k": lambda sim, g, **kw: min_skew_at_k(sim, g, 3, **kw),
+    "normalized_entropy_at_k": lambda sim, g, **kw: normalized_entropy_at_k(sim, g, 3, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL_METRICS))
+@pytest.mark.parametrize("code", [0, 1])
+def test_single_group_pool_without_n_groups_raises_instead_of_reporting_fair(name, code):
+    # every item female (code 1) or every item male (code 0): the old inference gave G = 1 or 2 from
+    # max + 1, and NDKL / MaxSkew / KL of 0 ("fair") for any ranking
+    sim, groups = np.linspace(1, 0, 6), np.full(6, code)
+    metric = ALL_METRICS[name]
+    with pytest.raises(ValueError, match=rf"{name}: only one group is present in the labels .*group code {code}.*"
+                                         r"pass n_groups= \(the number of groups in the population"):
+        metric(sim, groups, **({} if name == "normalized_entropy_at_k" else {"prior": "uniform"}))
+    if name != "normalized_entropy_at_k":  # the pool prior of a single group is refused even with n_groups
+        with pytest.raises(ValueError, match=rf"{name}: only one group is present.*prior='pool'.*prior='uniform'"):
+            metric(sim, groups, prior="pool", n_groups=2)
+    with pytest.raises(ValueError, match=rf"{name}: n_groups is 1.*>= 2"):
+        metric(sim, np.zeros(6, int), n_groups=1)
+
+
+def test_single_group_pool_with_n_groups_is_maximally_unfair():
+    sim, groups = np.linspace(1, 0, 6), np.ones(6, int)  # all female, G = 2 given
+    assert ndkl(sim, groups, n_groups=2) == pytest.approx(LN2)
+    assert max_skew_at_k(sim, groups, 3, n_groups=2) == pytest.approx(LN2)  # ln(1 / (1/2))
+    assert min_skew_at_k(sim, groups, 3, n_groups=2) == pytest.approx(math.log((1 / 3) / (1 / 2)))
+    assert kl_divergence_at_k(sim, groups, 3, prior="uniform", n_groups=2) == pytest.approx(LN2)
+    assert normalized_entropy_at_k(sim, groups, 3, n_groups=2) == 0.0
+    # an array prior says how many groups there are, as n_groups does
+    assert ndkl(sim, groups, prior=np.array([0.5, 0.5])) == pytest.approx(LN2)
+
+
+def test_bias_at_k_needs_both_classes_in_the_pool():
+    sim = np.linspace(1, 0, 5)
+    with pytest.raises(ValueError, match=r"class\(es\) \[0\] of classes=\(0, 1\) do not occur in groups .*"
+                                         r"holds only \[1, 2\].*pass classes= that both occur"):
+        bias_at_k(sim, np.array([1, 1, 2, 1, 2]), 3)
+    with pytest.raises(ValueError, match=r"class\(es\) \[0, 1\]"):
+        bias_at_k(sim, np.full(5, 2), 3)
 
 
 def test_top_k_metrics_require_k_within_pool():
@@ -228,21 +274,23 @@ def test_ndkl_is_non_negative_and_bounded_by_single_class(rng, n_items, n_groups
 @given(rng=rankings, n_items=st.integers(2, 30))
 def test_swapping_two_items_of_the_same_group_leaves_metrics_unchanged(rng, n_items):
     groups = rng.integers(0, 2, size=n_items)
-    groups[:2] = 0  # at least two items of group 0
+    groups[:2] = 0  # at least two items of group 0 (the pool may hold no other group: n_groups is passed)
     same = np.flatnonzero(groups == 0)
     i, j = rng.choice(same, size=2, replace=False)
     sim = rng.normal(size=n_items)
     swapped = sim.copy()
     swapped[[i, j]] = sim[[j, i]]
     k = int(rng.integers(1, n_items + 1))
-    assert ndkl(swapped, groups) == pytest.approx(ndkl(sim, groups), abs=1e-12)
-    assert max_skew_at_k(swapped, groups, k) == pytest.approx(max_skew_at_k(sim, groups, k), abs=1e-12)
+    assert ndkl(swapped, groups, n_groups=2) == pytest.approx(ndkl(sim, groups, n_groups=2), abs=1e-12)
+    assert max_skew_at_k(swapped, groups, k, n_groups=2) == \
+        pytest.approx(max_skew_at_k(sim, groups, k, n_groups=2), abs=1e-12)
 
 
 @settings(max_examples=40, deadline=None)
 @given(rng=rankings, n_items=st.integers(3, 30), n_groups=st.integers(2, 5))
 def test_entropy_in_unit_interval_and_skews_straddle_zero(rng, n_items, n_groups):
     groups = rng.integers(0, n_groups, size=n_items)
+    groups[:2] = [0, 1]  # two groups present (the pool prior of KL@k needs them)
     sim = rng.normal(size=(3, n_items))
     k = int(rng.integers(1, n_items + 1))
     assert 0.0 <= normalized_entropy_at_k(sim, groups, k, n_groups=n_groups) <= 1.0 + 1e-12

@@ -9,6 +9,9 @@ index) and looks at the group labels in ranking order. Inputs:
 - ``groups``: int ``[n_items]``, the group code (0..G-1) of each item in the pool.
 - ``n_groups``: G, the number of classes of the attribute. Default: ``len(prior)`` when a prior
   array is given, else ``groups.max() + 1``. Pass it when some class may be absent from the pool.
+  A pool whose labels hold a single group raises unless ``n_groups`` (or a prior array) is given:
+  there is nothing to infer G from, and any ranking of it would score as perfectly fair. So does
+  ``prior="pool"`` on such a pool (the target would equal every ranking's mix), and G = 1.
 - ``prior``: the target distribution Q over the G classes: ``"uniform"`` (1/G each), ``"pool"``
   (the class mix of ``groups``, i.e. of the evaluated pool) or an explicit array ``[G]``.
 
@@ -44,18 +47,38 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-def _pool_groups(groups: Any, n_groups: int | None, prior: Any) -> tuple[np.ndarray, int]:
-    """Validate item group codes; returns (int64 ``[n_items]``, G)."""
+def _pool_groups(groups: Any, n_groups: int | None, prior: Any, metric: str) -> tuple[np.ndarray, int]:
+    """Validate item group codes; returns (int64 ``[n_items]``, G).
+
+    G is inferred (``len(prior)`` for an array prior, else ``groups.max() + 1``) only when the pool holds
+    at least two groups: from a pool of one group nothing can be inferred, and every ranking of it would
+    look perfectly fair (NDKL 0, MaxSkew 0), so that raises instead of reporting 0.
+    """
     g = _int_labels(groups, "groups")
     if g.size == 0:
         raise ValueError("groups is empty; need one group code per item in the pool")
+    present = np.unique(g)
     if n_groups is None:
+        if isinstance(prior, str) and present.size == 1:
+            raise ValueError(
+                f"{metric}: only one group is present in the labels (every item of the pool has group code "
+                f"{int(present[0])}), so the number of groups cannot be inferred and any ranking would score as "
+                "perfectly fair; pass n_groups= (the number of groups in the population, e.g. n_groups=2 for "
+                "binary gender), or a prior array with one entry per group")
         n_groups = len(prior) if not isinstance(prior, str) else int(g.max()) + 1
     if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) or n_groups < 1:
         raise ValueError(f"n_groups must be a positive int, got {n_groups!r}")
+    if n_groups < 2:
+        raise ValueError(f"{metric}: n_groups is 1 (from n_groups= or a prior of length 1); with a single group "
+                         "every ranking is trivially fair: pass the number of groups in the population (>= 2)")
     if g.max() >= n_groups:
         raise ValueError(f"groups contains code {int(g.max())} but n_groups={n_groups}; codes must be "
                          f"0..{n_groups - 1} (pass a larger n_groups or a prior with one entry per class)")
+    if isinstance(prior, str) and prior == "pool" and present.size == 1:
+        raise ValueError(
+            f"{metric}: only one group is present in the labels (group code {int(present[0])}), so "
+            "prior='pool' puts all its mass on that group and every ranking matches it (the metric would be 0 "
+            "whatever the ranking); use prior='uniform' or an explicit prior array over the n_groups groups")
     return g, int(n_groups)
 
 
@@ -178,7 +201,7 @@ def ndkl(
         ranking: item indices best-first ``[n_queries, n_ranked]``, instead of ``similarity``.
         return_per_query: return a DataFrame ``query, ndkl`` instead of the mean.
     """
-    g, n_groups = _pool_groups(groups, n_groups, prior)
+    g, n_groups = _pool_groups(groups, n_groups, prior, "ndkl")
     q = _target(prior, g, n_groups)
     if relevant_mask is None:
         ranked = _ranked_groups(similarity, ranking, g, k)
@@ -210,11 +233,11 @@ def ndkl(
 # ----------------------------------------------------------------------------------------------
 
 
-def _topk_mix(similarity, groups, k, prior, n_groups, ranking) -> tuple[np.ndarray, np.ndarray]:
+def _topk_mix(similarity, groups, k, prior, n_groups, ranking, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """(p_ret ``[n_queries, G]`` class mix of the top k, target ``[G]``)."""
     if k is None:
         raise TypeError("k is required: the number of top-ranked items to evaluate")
-    g, n_groups = _pool_groups(groups, n_groups, prior)
+    g, n_groups = _pool_groups(groups, n_groups, prior, metric)
     q = _target(prior, g, n_groups)
     counts = _counts(_ranked_groups(similarity, ranking, g, k), n_groups)
     return counts / counts.sum(axis=1, keepdims=True), q
@@ -235,7 +258,7 @@ def kl_divergence_at_k(
     KL = Σ_a p_ret(a) ln(p_ret(a) / p_prior(a)), terms with p_ret(a) = 0 skipped. By default
     p_prior is the class mix of the evaluated pool (``prior="pool"``).
     """
-    p, q = _topk_mix(similarity, groups, k, prior, n_groups, ranking)
+    p, q = _topk_mix(similarity, groups, k, prior, n_groups, ranking, "kl_divergence_at_k")
     return _result(_kl(p, q), "kl", return_per_query)
 
 
@@ -267,7 +290,7 @@ def skew_table(
     """
     import pandas as pd
 
-    p, q = _topk_mix(similarity, groups, k, prior, n_groups, ranking)
+    p, q = _topk_mix(similarity, groups, k, prior, n_groups, ranking, "skew_table")
     n_q, n_g = p.shape
     return pd.DataFrame({
         "query": np.repeat(np.arange(n_q), n_g),
@@ -293,7 +316,7 @@ def max_skew_at_k(
     Skew as in :func:`skew_table`. DebiasLens: q uniform (default), k = 1000 (500 for stereotype
     prompts). SEM: ``prior="pool"``, k = 500. 0 when the top k match the target exactly.
     """
-    p, q = _topk_mix(similarity, groups, k, prior, n_groups, ranking)
+    p, q = _topk_mix(similarity, groups, k, prior, n_groups, ranking, "max_skew_at_k")
     values = np.maximum(0.0, np.nanmax(_skews(p, q, k), axis=1))
     return _result(values, "max_skew", return_per_query)
 
@@ -313,7 +336,7 @@ def min_skew_at_k(
     The mirror of :func:`max_skew_at_k`, measuring the most under-represented class; same 1/k
     replacement for absent classes, so the floor is ln(1/k) − ln(max_a q_a).
     """
-    p, q = _topk_mix(similarity, groups, k, prior, n_groups, ranking)
+    p, q = _topk_mix(similarity, groups, k, prior, n_groups, ranking, "min_skew_at_k")
     values = np.minimum(0.0, np.nanmin(_skews(p, q, k), axis=1))
     return _result(values, "min_skew", return_per_query)
 
@@ -332,10 +355,8 @@ def normalized_entropy_at_k(
     H(p) = −Σ_a p_a ln p_a over all G classes (absent classes count as p_a = 0, contributing 0),
     so 1 means perfectly balanced and 0 means a single class. Needs G ≥ 2.
     """
-    p, _ = _topk_mix(similarity, groups, k, "uniform", n_groups, ranking)
-    n_g = p.shape[1]
-    if n_g < 2:
-        raise ValueError("normalized entropy needs at least 2 classes (ln G = 0); pass n_groups >= 2")
+    p, _ = _topk_mix(similarity, groups, k, "uniform", n_groups, ranking, "normalized_entropy_at_k")
+    n_g = p.shape[1]  # >= 2, checked in _pool_groups (ln G = 0 otherwise)
     logp = np.log(np.where(p > 0, p, 1.0))
     values = -(p * logp).sum(axis=1) / np.log(n_g)
     return _result(values, "normalized_entropy", return_per_query)
@@ -370,6 +391,11 @@ def bias_at_k(
     g = _int_labels(groups, "groups")
     if g.size == 0:
         raise ValueError("groups is empty; need one group code per item in the pool")
+    absent = [c for c in classes if not (g == c).any()]
+    if absent:  # the value would then follow from the pool alone (0 or ±N/K), whatever the ranking
+        raise ValueError(f"bias_at_k: class(es) {absent} of classes={tuple(classes)} do not occur in groups (the "
+                         f"pool holds only {np.unique(g).tolist()}), so Bias@K cannot compare the two classes; "
+                         "pass classes= that both occur in the pool, or evaluate a pool that contains both")
     ranked = _ranked_groups(similarity, ranking, g, k)
     n_a = (ranked == a).sum(axis=1).astype(np.float64)
     n_b = (ranked == b).sum(axis=1).astype(np.float64)
