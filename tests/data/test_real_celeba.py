@@ -45,3 +45,27 @@ def test_count_mismatch_warns_and_strict_raises(celeba_root):
         assert len(CelebA(celeba_root)) == 2
     with pytest.raises(DatasetFormatError, match="says 5 images"):
         CelebA(celeba_root, strict=True)
+
+
+def test_images_missing_from_the_partition_warn_with_count_and_examples(celeba_root):
+    (celeba_root / "list_eval_partition.txt").write_text("000001.jpg 0\n000003.jpg 7\n")  # 2 unassigned
+    with pytest.warns(SkippedFilesWarning) as record:
+        train = CelebA(celeba_root, "train")
+    assert [p.split("/")[-1] for p in train.paths] == ["000001.jpg"]
+    messages = [str(w.message) for w in record]
+    unassigned = [m for m in messages if "not assigned a split" in m]
+    assert unassigned == [
+        "CelebA: 2 of 3 images of list_attr_celeba.txt are not assigned a split by list_eval_partition.txt "
+        "(absent, or on a malformed line), so they are left out of split 'train' (e.g. 000002.jpg, 000003.jpg); "
+        "add them to list_eval_partition.txt (`<file> 0|1|2`), or pass split=None to use every image"]
+    with pytest.raises(DatasetFormatError, match=r"2 of 3 images .* not assigned a split .*\(strict=True\); add them"):
+        CelebA(celeba_root, "train", strict=True)
+
+
+def test_complete_partition_gives_no_unassigned_warning(celeba_root):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert len(CelebA(celeba_root, "test")) == 1
+    assert not [w for w in record if "not assigned a split" in str(w.message)]

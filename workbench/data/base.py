@@ -90,12 +90,45 @@ def require_path(path: Path, dataset: str, what: str, layout: str, *, folder: bo
     return path
 
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # Excel's "Unicode text" export
+
+
+def read_text_file(path: Path, dataset: str, kind: str = "text", layout: str = "") -> str:
+    """The text of ``path``, decoded as UTF-8 with or without a byte-order mark (the BOM Excel writes is
+    dropped, so it never sticks to the first column name) or as UTF-16 when it starts with a UTF-16 BOM.
+
+    Binary content (NUL bytes, or bytes that are not UTF-8) raises :class:`DatasetFormatError` naming the
+    file and saying it is not a text ``kind`` (e.g. "CSV"), instead of a bare ``UnicodeDecodeError``.
+    """
+    data = path.read_bytes()
+    if data.startswith(_UTF16_BOMS):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass  # not UTF-16 after all: judged as binary below
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        problem = f"is not {article} text {kind} file: it holds binary content (a NUL byte at offset {nul})"
+    else:
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            problem = (f"is not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start} is not UTF-8 "
+                       "(a binary file, or text saved in another encoding such as Latin-1)")
+    raise format_error(dataset, f"{str(path)!r} {problem}; pass the {kind} file itself, saved as UTF-8 text",
+                       layout)
+
+
 def read_csv_rows(path: Path, required: Sequence[str], dataset: str, layout: str) -> list[dict[str, str]]:
-    """Rows of the CSV file at ``path`` as dicts; raise naming the file or the missing columns."""
+    """Rows of the CSV file at ``path`` as dicts; raise naming the file or the missing columns.
+
+    Read with :func:`read_text_file` (a UTF-8 BOM is dropped; binary content raises)."""
     import csv
+    import io
 
     require_path(path, dataset, "metadata", layout)
-    with open(path, newline="", encoding="utf-8") as handle:
+    with io.StringIO(read_text_file(path, dataset, "CSV", layout), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [name.strip() for name in reader.fieldnames or []]
         missing = [name for name in required if name not in columns]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..base import LabeledImageDataset, SkipReport, format_error, require_path
+from ..base import LabeledImageDataset, SkipReport, format_error, read_text_file, require_path
 
 __all__ = ["CaptionDataset"]
 
@@ -98,9 +98,9 @@ root/
         ]
 
     def _read_entries(self, path: Path) -> list[Any]:
+        text = read_text_file(path, self.name, "JSON", self.layout)  # BOM dropped, binary content refused
         try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
+            data = json.loads(text)
         except json.JSONDecodeError as error:
             raise format_error(self.name, f"{path.name} is not valid JSON ({error})", self.layout) from error
         if not isinstance(data, dict) or not isinstance(data.get("images"), list):

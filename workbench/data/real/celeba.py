@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..base import LabeledImageDataset, SkipReport, format_error, require_path
+from ..base import LabeledImageDataset, SkippedFilesWarning, SkipReport, format_error, read_text_file, require_path
 from ..labels import BINARY, CELEBA_AGES, GENDERS
 
 __all__ = ["CelebA"]
@@ -31,7 +31,10 @@ class CelebA(LabeledImageDataset):
         image_dir: image folder (default ``root / "img_align_celeba"``).
         transform, strict, validate, progress: see :class:`~workbench.data.base.LabeledImageDataset`.
     Rows with a wrong number of fields or values other than ±1 are skipped and counted; a first-line
-    image count that disagrees with the rows gives a warning (an error when ``strict``).
+    image count that disagrees with the rows gives a warning (an error when ``strict``). With ``split``,
+    images that ``list_eval_partition.txt`` does not assign to a split (absent, or on a malformed line)
+    belong to none: a warning gives their count and a few names (an error when ``strict``).
+    Both files may carry a UTF-8 byte-order mark; binary content raises a DatasetFormatError.
     """
 
     name = "CelebA"
@@ -64,8 +67,9 @@ root/
         skipped = SkipReport()
         attribute_names, rows = self._read_attributes(root / ATTRIBUTES_FILE, skipped, strict)
         if split is not None:
-            wanted = self._read_partition(root / PARTITION_FILE, SPLITS[split])
-            rows = [(file, values) for file, values in rows if file in wanted]
+            partition = self._read_partition(root / PARTITION_FILE)
+            self._report_unassigned([file for file, _ in rows if file not in partition], len(rows), split, strict)
+            rows = [(file, values) for file, values in rows if partition.get(file) == SPLITS[split]]
 
         paths = [images / file for file, _ in rows]
         labels = {f"attr_{name}": [values[j] for _, values in rows] for j, name in enumerate(attribute_names)}
@@ -88,8 +92,7 @@ root/
     ) -> tuple[tuple[str, ...], list[tuple[str, list[int]]]]:
         """``(attribute names, [(file, [0/1 per attribute]), ...])``; bad rows go to ``skipped``."""
         require_path(path, self.name, "attribute", self.layout)
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        lines = read_text_file(path, self.name, "attribute", self.layout).splitlines()
         if len(lines) < 2 or not lines[0].strip().isdigit():
             problem = f"{path.name} must start with the image count, then the attribute names"
             raise format_error(self.name, problem, self.layout)
@@ -117,8 +120,21 @@ root/
             warnings.warn(f"{self.name}: {message}", UserWarning, stacklevel=4)
         return names, rows
 
-    def _read_partition(self, path: Path, code: str) -> set[str]:
+    def _read_partition(self, path: Path) -> dict[str, str]:
+        """``{file: split code}`` from the well-formed lines (``file code``, code 0/1/2)."""
         require_path(path, self.name, "partition (needed for split=)", self.layout)
-        with open(path, encoding="utf-8") as handle:
-            rows = (line.split() for line in handle)
-            return {fields[0] for fields in rows if len(fields) == 2 and fields[1] == code}
+        rows = (line.split() for line in read_text_file(path, self.name, "partition", self.layout).splitlines())
+        return {fields[0]: fields[1] for fields in rows if len(fields) == 2 and fields[1] in SPLITS.values()}
+
+    def _report_unassigned(self, unassigned: list[str], n_rows: int, split: str, strict: bool) -> None:
+        """Images in no split would silently vanish from every split: say so (strict: raise)."""
+        if not unassigned:
+            return
+        examples = ", ".join(unassigned[:3]) + (", ..." if len(unassigned) > 3 else "")
+        message = (f"{len(unassigned)} of {n_rows} images of {ATTRIBUTES_FILE} are not assigned a split by "
+                   f"{PARTITION_FILE} (absent, or on a malformed line), so they are left out of split {split!r} "
+                   f"(e.g. {examples})")
+        fix = f"add them to {PARTITION_FILE} (`<file> 0|1|2`), or pass split=None to use every image"
+        if strict:
+            raise format_error(self.name, f"{message} (strict=True); {fix}", self.layout)
+        warnings.warn(f"{self.name}: {message}; {fix}", SkippedFilesWarning, stacklevel=3)
