@@ -174,7 +174,7 @@ def test_tower_mismatch_errors(tiny, random_images):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"position": "first"}, "position must be 'cls', 'all' or an int"),
+    ({"position": "first"}, "unknown position 'first'; expected one of \\['pooled', 'all'\\] or an int"),
     ({"position": 17}, "position 17 is out of range for blocks.0.hook_resid_post"),
     ({"batch_size": 0}, "batch_size must be a positive int"),
     ({"shard_size": -1}, "shard_size must be a positive int"),

@@ -11,7 +11,6 @@ holds everything. See `store.py` for the cache layout, atomic writes and resumin
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -22,6 +21,16 @@ from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
+
+from workbench.models.hook_names import (
+    POSITIONS,
+    act_name,
+    canonical_position,
+    check_hook_name,
+    pooled_index,
+    position_axis,
+    select_position,
+)
 
 from .store import (
     DTYPES,
@@ -45,7 +54,6 @@ from .store import (
 
 # Special sites computed from hooks rather than read from one: value = the space of head_contributions.
 SPECIAL_SITES = {"head_contributions": "embed", "head_contributions:resid": "resid"}
-POSITIONS = ("cls", "all")
 DEFAULT_SHARD_BYTES = 128 * 2**20  # default shard size target; a shard is the unit of memory and of resuming
 HASH_SAMPLES = 8  # dataset items hashed to identify a dataset's content
 
@@ -58,7 +66,6 @@ def resolve_sites(model, sites: Union[str, Sequence[str]], tower: str) -> list[s
     sites = [sites] if isinstance(sites, str) else list(sites)
     if not sites:
         raise ValueError(f"no sites given; pass hook names such as 'blocks.0.hook_resid_post' or {list(SPECIAL_SITES)}")
-    hook_names = list(model.hook_dict)
     for site in sites:
         if not isinstance(site, str):
             raise TypeError(f"sites must be strings (hook names), got {site!r} of type {type(site).__name__}")
@@ -67,11 +74,7 @@ def resolve_sites(model, sites: Union[str, Sequence[str]], tower: str) -> list[s
                 raise ValueError(f"{site!r} is an image-tower site; extract_text supports the text tower's "
                                  "hook names ('text.…') only")
             continue
-        if site not in model.hook_dict:
-            close = difflib.get_close_matches(site, hook_names + list(SPECIAL_SITES), n=3, cutoff=0.6)
-            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-            raise ValueError(f"unknown site {site!r}; {hint}Sites are hook names (see model.hook_dict) "
-                             f"or one of {list(SPECIAL_SITES)}")
+        check_hook_name(model, site, extra=list(SPECIAL_SITES))
         if tower == "image" and site.startswith("text."):
             raise ValueError(f"{site!r} is a text-tower hook but extract() runs the image tower; "
                              "use extract_text(model, prompts, sites) for text hooks")
@@ -85,46 +88,8 @@ def hooks_for_site(model, site: str) -> list[str]:
     """The hook points a site reads."""
     if site not in SPECIAL_SITES:
         return [site]
-    names = [f"blocks.{l}.attn.hook_cls_result" for l in range(model.visual.cfg.n_layers)]
-    return names + (["ln_post.hook_scale"] if SPECIAL_SITES[site] == "embed" else [])
-
-
-def position_axis(hook_name: str, ndim: int) -> Optional[int]:
-    """Which axis of a hook's tensor indexes tokens (None: the hook has no token axis).
-
-    Attention patterns/scores [b, head, q, k] are reduced over the query axis (the row the token reads
-    from); pooled hooks (hook_cls_result, ln_post on the pooled token, the embeddings) have none.
-    """
-    base = hook_name.removeprefix("text.")
-    if base.endswith("hook_cls_result") or base in ("hook_image_embed", "hook_text_embed"):
-        return None
-    if base.endswith(("hook_pattern", "hook_attn_scores")):
-        return 2
-    if base.startswith("ln_post."):  # [b, d] on the pooled token; [b, patches, d] when avg-pooled before ln_post
-        return 1 if ndim == 3 else None
-    return 1
-
-
-def select_position(t: Tensor, hook_name: str, position: Position, pooled: Optional[Tensor]) -> Tensor:
-    """Reduce a hook's token axis: "all" keeps it, "cls" takes the pooled token (CLS = position 0 in the image
-    tower; `pooled` [b], e.g. EOT, in the text tower), an int takes that position (negative counts from the end)."""
-    axis = position_axis(hook_name, t.ndim)
-    if axis is None or position == "all":
-        return t
-    if position == "cls":
-        if hook_name == "hook_patch_embed":
-            raise ValueError("hook_patch_embed holds patches only (no CLS token); use position='all' or an int "
-                             "patch index, or 'hook_embed' (CLS at position 0)")
-        if pooled is None:
-            return t.select(axis, 0)
-        rows = torch.arange(t.shape[0], device=t.device)
-        idx = pooled.to(t.device)
-        return t[rows, idx] if axis == 1 else t[rows, :, idx]
-    n = t.shape[axis]
-    if not -n <= position < n:
-        raise ValueError(f"position {position} is out of range for {hook_name} of shape {tuple(t.shape)} "
-                         f"({n} positions): use 0..{n - 1}, a negative index, 'cls' or 'all'")
-    return t.select(axis, position)
+    names = [act_name("cls_result", l) for l in range(model.visual.cfg.n_layers)]
+    return names + ([act_name("ln_post_scale")] if SPECIAL_SITES[site] == "embed" else [])
 
 
 class SiteCollector:
@@ -135,7 +100,8 @@ class SiteCollector:
     """
 
     def __init__(self, model, sites: Sequence[str], position: Position, tower: str):
-        self.model, self.sites, self.position, self.tower = model, list(sites), position, tower
+        self.model, self.sites, self.tower = model, list(sites), tower
+        self.position = canonical_position(position, allow_int=True)
         self.hook_names = list(dict.fromkeys(h for s in self.sites for h in hooks_for_site(model, s)))
         if any(s in SPECIAL_SITES for s in self.sites):
             from workbench.models.decompose import _check_cls_pooling
@@ -152,12 +118,12 @@ class SiteCollector:
 
     def _head_contributions(self, space: str) -> Tensor:
         L = self.model.visual.cfg.n_layers
-        heads = torch.stack([self._captured[f"blocks.{l}.attn.hook_cls_result"] for l in range(L)], dim=1)
+        heads = torch.stack([self._captured[act_name("cls_result", l)] for l in range(L)], dim=1)
         if space == "resid":
             return heads  # [b, L, H, d_model]
         from workbench.models.decompose import project_to_embed
 
-        return project_to_embed(self.model.visual, heads, self._captured["ln_post.hook_scale"])  # [b, L, H, d_embed]
+        return project_to_embed(self.model.visual, heads, self._captured[act_name("ln_post_scale")])  # [b, L, H, d_embed]
 
     @torch.no_grad()
     def __call__(self, inputs: Tensor) -> dict[str, Tensor]:
@@ -168,7 +134,7 @@ class SiteCollector:
                 self.model.run_with_hooks(inputs, fwd_hooks=fwd_hooks)
             else:
                 inputs = inputs.to(self.model.device)
-                self._pooled = self.model.text.pool_index(inputs)
+                self._pooled = pooled_index(self.model, "text", inputs)
                 self.model.run_with_hooks(text=inputs, fwd_hooks=fwd_hooks)
             return {s: self._head_contributions(SPECIAL_SITES[s]) if s in SPECIAL_SITES else self._captured[s]
                     for s in self.sites}
@@ -316,15 +282,15 @@ def default_shard_size(shapes: Mapping[str, Sequence[int]], n_labels: int, dtype
     return max(batch_size, per_shard // batch_size * batch_size)
 
 
-def _check_args(batch_size, position, shard_size, num_workers) -> None:
+def _check_args(batch_size, position, shard_size, num_workers) -> Position:
+    """Check the common arguments; returns the canonical position ("cls" becomes "pooled")."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not (position in POSITIONS or isinstance(position, int) and not isinstance(position, bool)):
-        raise ValueError(f"position must be 'cls', 'all' or an int token index, got {position!r}")
     if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1):
         raise ValueError(f"shard_size must be a positive int (items per shard) or None, got {shard_size!r}")
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
+    return canonical_position(position, allow_int=True)
 
 
 def _probe(collector: SiteCollector, source) -> tuple[dict[str, list[int]], list[str]]:
@@ -342,7 +308,7 @@ def _check_shapes(acts: Mapping[str, Tensor], shapes: Mapping[str, Sequence[int]
 
 # ---------------------------------------------------------------------------------------------- entry points
 def extract(model, dataset, sites: Union[str, Sequence[str]], batch_size: int = 64, device=None,
-            cache_dir=None, dtype: torch.dtype = torch.float32, position: Position = "cls", num_workers: int = 0,
+            cache_dir=None, dtype: torch.dtype = torch.float32, position: Position = "pooled", num_workers: int = 0,
             progress: bool = True, shard_size: Optional[int] = None, overwrite: bool = False,
             dataset_id: Optional[str] = None) -> ActivationStore:
     """Run the image tower over `dataset` and collect activations at `sites`, one forward pass per batch.
@@ -352,7 +318,8 @@ def extract(model, dataset, sites: Union[str, Sequence[str]], batch_size: int = 
         dataset: `ds[i] -> (image [3, H, W] preprocessed, {label: int})`; labels are stored alongside.
         sites: hook names (`model.hook_dict`), or "head_contributions" ([L, H, d_embed] per item: each
             head's direct contribution to the image embedding at CLS) / "head_contributions:resid" ([L, H, d_model]).
-        position: token reduction for hooks with a token axis: "cls" (position 0), "all", or an int.
+        position: token reduction for hooks with a token axis: "pooled" (the CLS token, position 0; "cls" is an
+            alias), "all", or an int (see docs/hooks.md).
             Attention patterns are reduced over the query axis.
         dtype: storage dtype of the activations (labels are int64).
         cache_dir: folder for safetensors shards + manifest.json; memory then stays at one shard. An existing
@@ -368,23 +335,23 @@ def extract(model, dataset, sites: Union[str, Sequence[str]], batch_size: int = 
     Returns an ActivationStore: `store[site]` [n, *shape], `store.labels[key]` [n].
     A fresh run makes one extra forward pass on one item to learn the sites' shapes.
     """
-    _check_args(batch_size, position, shard_size, num_workers)
+    position = _check_args(batch_size, position, shard_size, num_workers)
     return _extract(model, ImageSource(dataset, num_workers, dataset_id), sites, batch_size=batch_size, device=device,
                     cache_dir=cache_dir, dtype=dtype, position=position, progress=progress, shard_size=shard_size,
                     overwrite=overwrite)
 
 
 def extract_text(model, prompts: Sequence[str], sites: Union[str, Sequence[str]], batch_size: int = 256,
-                 device=None, cache_dir=None, dtype: torch.dtype = torch.float32, position: Position = "cls",
+                 device=None, cache_dir=None, dtype: torch.dtype = torch.float32, position: Position = "pooled",
                  progress: bool = True, shard_size: Optional[int] = None, overwrite: bool = False,
                  dataset_id: Optional[str] = None) -> ActivationStore:
     """Run the text tower over `prompts` and collect activations at text hooks ("text.…").
 
-    position "cls" takes the token the tower pools (the EOT token for open_clip's argmax pooling), the one
+    position "pooled" (alias "cls") takes the token the tower pools (the EOT token for open_clip's argmax pooling), the one
     `text.blocks.{l}.attn.hook_cls_result` refers to; "all" keeps every token [n_ctx, …]; an int takes that
     position. Other arguments as in `extract`; the store has no labels.
     """
-    _check_args(batch_size, position, shard_size, 0)
+    position = _check_args(batch_size, position, shard_size, 0)
     if model.text is None:
         raise ValueError("this model has no text tower")
     return _extract(model, TextSource(model, prompts, dataset_id), sites, batch_size=batch_size, device=device,

@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .hook_names import act_name
+
 SPACES = ("embed", "resid")
 
 
@@ -71,10 +73,10 @@ def head_contributions(vit, images: Tensor, layers: Optional[Sequence[int]] = No
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
     _check_cls_pooling(vit)
     layers = _check_layers(vit, layers)
-    names = [f"blocks.{l}.attn.hook_cls_result" for l in layers] + ["ln_post.hook_scale"]
+    names = [act_name("cls_result", l) for l in layers] + [act_name("ln_post_scale")]
     store = _run_capturing_cls(vit, images, names)
-    heads = torch.stack([store[f"blocks.{l}.attn.hook_cls_result"] for l in layers], dim=1)
-    return heads if space == "resid" else project_to_embed(vit, heads, store["ln_post.hook_scale"])
+    heads = torch.stack([store[act_name("cls_result", l)] for l in layers], dim=1)
+    return heads if space == "resid" else project_to_embed(vit, heads, store[act_name("ln_post_scale")])
 
 
 @dataclass
@@ -121,18 +123,18 @@ def decompose(vit, images: Tensor) -> Decomposition:
     """Split `encode_image(images)` into embed, each head, each attention bias, each MLP and ln_post bias."""
     _check_cls_pooling(vit)
     L, H = vit.cfg.n_layers, vit.cfg.n_heads
-    names = ["hook_embed", "ln_post.hook_scale"]
-    names += [f"blocks.{l}.attn.hook_cls_result" for l in range(L)] + [f"blocks.{l}.hook_mlp_out" for l in range(L)]
+    names = [act_name("embed"), act_name("ln_post_scale")]
+    names += [act_name("cls_result", l) for l in range(L)] + [act_name("mlp_out", l) for l in range(L)]
     store = _run_capturing_cls(vit, images, names)
     b = images.shape[0]
-    parts, labels = [store["hook_embed"][:, None]], ["embed"]
+    parts, labels = [store[act_name("embed")][:, None]], ["embed"]
     for l in range(L):
-        parts += [store[f"blocks.{l}.attn.hook_cls_result"],
+        parts += [store[act_name("cls_result", l)],
                   vit.blocks[l].attn.b_O.expand(b, 1, -1),
-                  store[f"blocks.{l}.hook_mlp_out"][:, None]]
+                  store[act_name("mlp_out", l)][:, None]]
         labels += [f"L{l}.H{h}" for h in range(H)] + [f"L{l}.attn_bias", f"L{l}.mlp"]
     resid = torch.cat(parts, dim=1)  # [b, n_components - 1, d_model]
-    embed = project_to_embed(vit, resid, store["ln_post.hook_scale"])
+    embed = project_to_embed(vit, resid, store[act_name("ln_post_scale")])
     beta = vit.ln_post.b @ vit.proj if vit.proj is not None else vit.ln_post.b
     components = torch.cat([embed, beta.expand(b, 1, -1)], dim=1)
     return Decomposition(components, labels + ["ln_post.bias"], L, H)

@@ -7,6 +7,7 @@ from transformer_lens.hook_points import HookPoint
 
 from .components import Block, LayerNorm
 from .config import TowerConfig
+from .hook_names import TOWER_PREFIX
 from .vit import HookedTower
 
 
@@ -18,7 +19,7 @@ class HookedTextTransformer(HookedTower):
     `attn.hook_cls_result` refers to the pooled token (the EOT token for argmax pooling).
     """
 
-    hook_prefix = "text."
+    hook_prefix = TOWER_PREFIX["text"]
 
     def __init__(self, cfg: TowerConfig):
         super().__init__()

@@ -10,13 +10,14 @@ from transformer_lens.hook_points import HookPoint
 
 from .components import Block, LayerNorm
 from .config import TowerConfig
+from .hook_names import TOWER_PREFIX
 
 
 class HookedTower(HookedRootModule):
     """A HookedRootModule whose hook names carry a fixed prefix ("" for the image tower, "text." for text),
     so the same name is used whether the tower is run alone or inside `HookedCLIP`."""
 
-    hook_prefix = ""
+    hook_prefix = TOWER_PREFIX["image"]
 
     def setup(self):
         super().setup()
