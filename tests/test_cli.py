@@ -1,8 +1,4 @@
 """The `workbench` console script: subcommands run end to end; bad input gives one clear line."""
-import json
-
-import pytest
-
 from workbench.cli import main
 
 
@@ -20,11 +16,28 @@ def test_bad_model_name_is_one_clear_error(capsys):
     assert "unknown model name 'ViT-B-33'" in err and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["bit_exact"] is True
-    assert len(summary["heads"]) == 3
-    assert (tmp_path / "gender_heads.json").is_file() and (tmp_path / "head_probe_ap.html").is_file()
-    assert set(summary["before"]) == set(summary["after"])
+def test_demo_refuses_an_unwritable_output_folder_before_any_work(tmp_path, capsys):
+    """The folder is checked first: one line naming it, no traceback, and no work done (nothing printed).
+    A path under a regular file cannot be created even as root, where chmod would not block writes."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "demo"
+    assert main(["demo", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err
+    assert lines[0].startswith("workbench demo: error: cannot write to the demo output folder")
+    assert str(out) in lines[0] and "pass a folder you can write to" in lines[0]
+
+
+def test_demo_refuses_an_output_path_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "summary.json"
+    target.write_text("{}")
+    assert main(["demo", "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"the demo output folder {str(target)!r} exists and is not a folder" in err
+    assert target.read_text() == "{}"  # untouched
+
+
+# The demo's end-to-end run (outputs, spec, metrics against golden values) is tests/golden/test_demo_golden.py.
