@@ -7,7 +7,7 @@ what is kept leaves the forward pass.
 
 Memory: with `cache_dir` the results go through one preallocated shard buffer that is written to disk
 when full, so peak memory does not grow with the dataset; without it, one preallocated tensor per site
-holds everything. See `store.py` for the cache layout, atomic writes and resuming.
+holds everything. The cache layout, checksums, resuming and errors: docs/activations.md.
 """
 from __future__ import annotations
 
@@ -323,9 +323,10 @@ def extract(model, dataset, sites: Union[str, Sequence[str]], batch_size: int = 
             Attention patterns are reduced over the query axis.
         dtype: storage dtype of the activations (labels are int64).
         cache_dir: folder for safetensors shards + manifest.json; memory then stays at one shard. An existing
-            cache with the same model, dataset, sites, dtype and position is resumed at its first missing
-            shard (a finished one is returned without any forward pass); a different one raises ValueError
-            unless `overwrite=True`. Without cache_dir, everything is kept in (preallocated) memory.
+            cache with the same model, dataset, sites, dtype and position is resumed: every listed shard is
+            verified (size, header, sha256) and only the missing or damaged shards are computed (a finished,
+            intact one is returned without any forward pass); a different one raises ValueError unless
+            `overwrite=True`. Without cache_dir, everything is kept in (preallocated) memory.
         shard_size: items per shard (default: about 128 MiB of activations, a multiple of batch_size).
         dataset_id: names the dataset in the manifest instead of a content hash of 8 of its items (pass one
             when the dataset's transform is random, or its items are costly to read twice).

@@ -238,10 +238,11 @@ def check_shard_header(root: Path, manifest: dict, record: dict) -> None:
     dtype and [rows, *shape]. Reads the header only."""
     from safetensors import SafetensorError, safe_open
 
-    path = root / record["file"]
     problem = record_problem(manifest, record)
     if problem:
-        raise ShardError(path, problem)
+        name = record.get("file") if isinstance(record, dict) else None
+        raise ShardError(root / (name if isinstance(name, str) and name else "<unnamed shard>"), problem)
+    path = root / record["file"]
     size = path.stat().st_size if path.is_file() else None
     if size != record["bytes"]:
         found = "is missing" if size is None else f"has {size} bytes"
