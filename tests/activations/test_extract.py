@@ -152,7 +152,7 @@ def test_collate_items():
         collate_items([(a, {"y": 1}), (b, {"z": 0})])
     with pytest.raises(TypeError, match="must be ints"):
         collate_items([(a, {"y": 0.5})])
-    with pytest.raises(TypeError, match=r"should be \(image tensor"):
+    with pytest.raises(TypeError, match=r"should be \(image, \{label: int\}\) with the image a tensor .* got tuple of \(str, dict\)"):
         collate_items([("not an image", {"y": 1})])
 
 

@@ -11,13 +11,12 @@ holds everything. The cache layout, checksums, resuming and errors: docs/activat
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -32,6 +31,7 @@ from workbench.models.hook_names import (
     select_position,
 )
 
+from .sources import ImageSource, TextSource, collate_items, sample_indices  # noqa: F401 (re-exported)
 from .store import (
     DTYPES,
     MANIFEST,
@@ -55,7 +55,6 @@ from .store import (
 # Special sites computed from hooks rather than read from one: value = the space of head_contributions.
 SPECIAL_SITES = {"head_contributions": "embed", "head_contributions:resid": "resid"}
 DEFAULT_SHARD_BYTES = 128 * 2**20  # default shard size target; a shard is the unit of memory and of resuming
-HASH_SAMPLES = 8  # dataset items hashed to identify a dataset's content
 
 Position = Union[str, int]
 
@@ -142,128 +141,6 @@ class SiteCollector:
             self._captured, self._pooled = {}, None
 
 
-# ---------------------------------------------------------------------------------------------- inputs
-def _split_item(item, index: int) -> tuple[Tensor, dict[str, int]]:
-    """A dataset item → (image [3, H, W], {key: int}); a bare tensor item has no labels."""
-    if isinstance(item, Tensor):
-        return item, {}
-    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], Tensor)
-            and isinstance(item[1], Mapping)):
-        raise TypeError(f"dataset item {index} should be (image tensor [3, H, W], {{label: int}}), got "
-                        f"{type(item).__name__}; pass the model's preprocess as the dataset's transform")
-    labels = {}
-    for key, value in item[1].items():
-        if isinstance(value, Tensor):
-            value = value.item()
-        if not hasattr(value, "__index__"):  # ints, bools, numpy integers; not floats or strings
-            raise TypeError(f"label {key!r} of dataset item {index} is {value!r}; labels must be ints (class indices)")
-        labels[str(key)] = int(value)
-    return item[0], labels
-
-
-def collate_items(items: Sequence) -> tuple[Tensor, dict[str, Tensor]]:
-    """Batch dataset items: (images [b, 3, H, W], {key: LongTensor [b]})."""
-    pairs = [_split_item(item, i) for i, item in enumerate(items)]
-    shapes = {tuple(image.shape) for image, _ in pairs}
-    if len(shapes) > 1:
-        raise ValueError(f"cannot batch images of different shapes {sorted(shapes)}; give the dataset a transform "
-                         "that resizes to one size (the model's preprocess)")
-    keys = list(pairs[0][1])
-    if any(set(labels) != set(keys) for _, labels in pairs):
-        raise ValueError(f"dataset items have different label keys (e.g. {sorted(keys)}); "
-                         "every item needs the same keys")
-    labels = {k: torch.tensor([lab[k] for _, lab in pairs], dtype=torch.long) for k in keys}
-    return torch.stack([image for image, _ in pairs]), labels
-
-
-def sample_indices(n: int, k: int = HASH_SAMPLES) -> list[int]:
-    """k evenly spaced indices in [0, n) (all of them when n ≤ k): the items hashed to identify a dataset."""
-    if n <= k:
-        return list(range(n))
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
-
-
-def dataset_content_hash(dataset, k: int = HASH_SAMPLES) -> str:
-    """sha256 over the length and a few evenly spaced items (image bytes + labels) of a dataset."""
-    h = hashlib.sha256(f"{len(dataset)}".encode())
-    for i in sample_indices(len(dataset), k):
-        image, labels = _split_item(dataset[i], i)
-        t = image.detach().cpu().contiguous()
-        h.update(f"{i}:{tuple(t.shape)}:{t.dtype}:{json.dumps(labels, sort_keys=True)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "sha256:" + h.hexdigest()
-
-
-class _Batches:
-    """A DataLoader batch_sampler over precomputed (start, stop) row ranges."""
-
-    def __init__(self, plan: Sequence[tuple[int, int]]):
-        self.plan = plan
-
-    def __iter__(self):
-        return (list(range(a, b)) for a, b in self.plan)
-
-    def __len__(self):
-        return len(self.plan)
-
-
-class ImageSource:
-    """A dataset of (image [3, H, W], {key: int}) items, read through a DataLoader."""
-
-    tower, unit = "image", "img"
-
-    def __init__(self, dataset, num_workers: int = 0, dataset_id: Optional[str] = None):
-        try:
-            self.n = len(dataset)
-        except TypeError:
-            raise TypeError(f"dataset must be a sized, indexable dataset (ds[i] -> (image, labels)); "
-                            f"got {type(dataset).__name__} without len()") from None
-        if self.n == 0:
-            raise ValueError("the dataset is empty; nothing to extract")
-        self.dataset, self.num_workers, self.dataset_id = dataset, num_workers, dataset_id
-
-    def describe(self) -> dict:
-        names = getattr(self.dataset, "label_names", None) or {}
-        return {"class": type(self.dataset).__name__, "len": self.n,
-                "id": self.dataset_id or dataset_content_hash(self.dataset),
-                "label_names": {str(k): [str(c) for c in v] for k, v in names.items()}}
-
-    def first(self) -> tuple[Tensor, dict[str, Tensor]]:
-        return collate_items([self.dataset[0]])
-
-    def batches(self, plan: Sequence[tuple[int, int]]) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-        from torch.utils.data import DataLoader
-
-        yield from DataLoader(self.dataset, batch_sampler=_Batches(plan), num_workers=self.num_workers,
-                              collate_fn=collate_items)
-
-
-class TextSource:
-    """A list of prompts, tokenized batch by batch with the model's tokenizer (no labels)."""
-
-    tower, unit = "text", "prompt"
-
-    def __init__(self, model, prompts: Sequence[str], dataset_id: Optional[str] = None):
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        bad = [p for p in prompts if not isinstance(p, str)]
-        if bad:
-            raise TypeError(f"prompts must be strings, got e.g. {bad[0]!r}")
-        if not prompts:
-            raise ValueError("no prompts given; nothing to extract")
-        self.model, self.prompts, self.n, self.dataset_id = model, prompts, len(prompts), dataset_id
-
-    def describe(self) -> dict:
-        digest = "sha256:" + hashlib.sha256(json.dumps(self.prompts).encode()).hexdigest()
-        return {"class": "prompts", "len": self.n, "id": self.dataset_id or digest, "label_names": {}}
-
-    def first(self) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.model.tokenize(self.prompts[:1]), {}
-
-    def batches(self, plan: Sequence[tuple[int, int]]) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-        for a, b in plan:
-            yield self.model.tokenize(self.prompts[a:b]), {}
-
-
 # ---------------------------------------------------------------------------------------------- planning
 def plan_batches(start: int, n: int, batch_size: int, shard_size: int) -> list[tuple[int, int]]:
     """Row ranges [start, n) cut into batches of at most batch_size that never straddle a shard boundary."""
@@ -310,12 +187,19 @@ def _check_shapes(acts: Mapping[str, Tensor], shapes: Mapping[str, Sequence[int]
 def extract(model, dataset, sites: Union[str, Sequence[str]], batch_size: int = 64, device=None,
             cache_dir=None, dtype: torch.dtype = torch.float32, position: Position = "pooled", num_workers: int = 0,
             progress: bool = True, shard_size: Optional[int] = None, overwrite: bool = False,
-            dataset_id: Optional[str] = None) -> ActivationStore:
+            dataset_id: Optional[str] = None, preprocess: Optional[bool] = None) -> ActivationStore:
     """Run the image tower over `dataset` and collect activations at `sites`, one forward pass per batch.
 
     Args:
         model: a HookedCLIP. Hooks already on it (e.g. an intervention) stay active during extraction.
-        dataset: `ds[i] -> (image [3, H, W] preprocessed, {label: int})`; labels are stored alongside.
+        dataset: `ds[i] -> (image, {label: int})` (or a bare image); labels are stored alongside. The image
+            is either the model's input (the dataset's transform is `model.preprocess`) or a raw image that
+            extract preprocesses itself: a PIL image, a uint8 tensor, or a float tensor in [0, 1] from a dataset
+            whose `transform` is None (as `workbench.data` datasets yield without one). See docs/inputs.md.
+        preprocess: None (default) decides as above; True applies `model.preprocess` to every item; False
+            takes the items as model inputs. Model inputs are checked per batch (the model's input size,
+            finite values, and values that look like raw [0, 1] or 0–255 pixels unless the dataset's transform
+            is `model.preprocess` or preprocess=False); each failure is a ValueError saying what to pass.
         sites: hook names (`model.hook_dict`), or "head_contributions" ([L, H, d_embed] per item: each
             head's direct contribution to the image embedding at CLS) / "head_contributions:resid" ([L, H, d_model]).
         position: token reduction for hooks with a token axis: "pooled" (the CLS token, position 0; "cls" is an
@@ -337,25 +221,29 @@ def extract(model, dataset, sites: Union[str, Sequence[str]], batch_size: int = 
     A fresh run makes one extra forward pass on one item to learn the sites' shapes.
     """
     position = _check_args(batch_size, position, shard_size, num_workers)
-    return _extract(model, ImageSource(dataset, num_workers, dataset_id), sites, batch_size=batch_size, device=device,
-                    cache_dir=cache_dir, dtype=dtype, position=position, progress=progress, shard_size=shard_size,
-                    overwrite=overwrite)
+    source = ImageSource(model, dataset, num_workers, dataset_id, preprocess)
+    return _extract(model, source, sites, batch_size=batch_size, device=device, cache_dir=cache_dir, dtype=dtype,
+                    position=position, progress=progress, shard_size=shard_size, overwrite=overwrite)
 
 
 def extract_text(model, prompts: Sequence[str], sites: Union[str, Sequence[str]], batch_size: int = 256,
                  device=None, cache_dir=None, dtype: torch.dtype = torch.float32, position: Position = "pooled",
                  progress: bool = True, shard_size: Optional[int] = None, overwrite: bool = False,
-                 dataset_id: Optional[str] = None) -> ActivationStore:
+                 dataset_id: Optional[str] = None, truncate: bool = False) -> ActivationStore:
     """Run the text tower over `prompts` and collect activations at text hooks ("text.…").
 
     position "pooled" (alias "cls") takes the token the tower pools (the EOT token for open_clip's argmax pooling), the one
     `text.blocks.{l}.attn.hook_cls_result` refers to; "all" keeps every token [n_ctx, …]; an int takes that
     position. Other arguments as in `extract`; the store has no labels.
+
+    `prompts` must be a list of strings; all are checked before any forward pass, as in `model.tokenize`:
+    a prompt longer than the context raises a ValueError naming it unless `truncate=True` (cut, one
+    warning), and words the model never saw are named in one UnknownWordsWarning (docs/inputs.md).
     """
     position = _check_args(batch_size, position, shard_size, 0)
     if model.text is None:
         raise ValueError("this model has no text tower")
-    return _extract(model, TextSource(model, prompts, dataset_id), sites, batch_size=batch_size, device=device,
+    return _extract(model, TextSource(model, prompts, dataset_id, truncate), sites, batch_size=batch_size, device=device,
                     cache_dir=cache_dir, dtype=dtype, position=position, progress=progress, shard_size=shard_size,
                     overwrite=overwrite)
 

@@ -5,9 +5,10 @@ from .convert import UnsupportedModelError
 from .loading import embedded_models, list_models, load_clip
 from .preprocess import Preprocess
 from .text import HookedTextTransformer
+from .tokenize import TruncatedPromptWarning, UnknownWordsWarning
 from .vit import HookedViT
 
 __all__ = [
     "HookedCLIP", "HookedViT", "HookedTextTransformer", "TowerConfig", "Preprocess", "UnsupportedModelError",
-    "load_clip", "list_models", "embedded_models",
+    "load_clip", "list_models", "embedded_models", "TruncatedPromptWarning", "UnknownWordsWarning",
 ]

@@ -11,6 +11,8 @@ from transformer_lens import HookedRootModule
 
 from .preprocess import OPENAI_MEAN, OPENAI_STD, Preprocess
 from .text import HookedTextTransformer
+from .tokenize import prompt_list, unknown_words, warn_unknown_words
+from .tokenize import tokenize as checked_tokenize
 from .vit import HookedViT
 
 TextInput = Union[str, Sequence[str], Tensor]
@@ -73,34 +75,51 @@ class HookedCLIP(HookedRootModule):
         return hooked.to(next(model.parameters()).device)
 
     # ------------------------------------------------------------------ encoding
-    def tokenize(self, texts: Union[str, Sequence[str]]) -> Tensor:
-        """Strings → token ids [b, n_ctx] on the model's device."""
+    def tokenize(self, texts: Union[str, Sequence[str]], truncate: bool = False) -> Tensor:
+        """Strings → token ids [b, n_ctx] (int64) on the model's device, checked (docs/inputs.md).
+
+        Raises TypeError unless `texts` is a string or a list of strings, and ValueError naming the prompts
+        longer than the context unless `truncate=True` (which cuts them with a TruncatedPromptWarning).
+        Warns (UnknownWordsWarning) naming words whose tokens the model never saw (all-zero embeddings)."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer; pass token ids [b, n_ctx] or construct it with tokenizer=...")
-        if isinstance(texts, str):
-            texts = [texts]
-        return self.tokenizer(list(texts)).to(self.device)
+        if self.text is None:
+            raise ValueError("this model has no text tower")
+        prompts = prompt_list(texts)
+        tokens = checked_tokenize(self.tokenizer, prompts, self.text.cfg.n_ctx, truncate=truncate)
+        warn_unknown_words(unknown_words(self.tokenizer, prompts, self.text.unknown_token_mask(), tokens),
+                           len(prompts))
+        return tokens.to(self.device)
 
     def encode_image(self, images: Tensor, normalize: bool = False) -> Tensor:
-        """images [b, 3, H, W] (preprocessed) → [b, d_embed]."""
+        """images [b, 3, H, W] from `model.preprocess` → [b, d_embed].
+
+        Raises TypeError for anything but a tensor (PIL images go through `model.preprocess` first) and
+        ValueError for the wrong shape or NaN/inf values (docs/inputs.md)."""
+        if not isinstance(images, Tensor):
+            raise TypeError(f"encode_image takes preprocessed images, a float tensor [b, 3, H, W]; got "
+                            f"{type(images).__name__}: call model.encode_image(model.preprocess(images)) "
+                            "(preprocess takes PIL images, lists of them, uint8 tensors and float tensors in [0, 1])")
         x = self.visual(images.to(self.device))
         return F.normalize(x, dim=-1) if normalize else x
 
-    def encode_text(self, text: TextInput, normalize: bool = False) -> Tensor:
-        """token ids [b, n_ctx] or strings → [b, d_embed]."""
+    def encode_text(self, text: TextInput, normalize: bool = False, truncate: bool = False) -> Tensor:
+        """Strings (a string or a list of them) or token ids [b, n_ctx] from `tokenize` → [b, d_embed].
+
+        Strings are checked as in `tokenize` (overlong prompts raise unless `truncate=True`)."""
         if self.text is None:
             raise ValueError("this model has no text tower")
-        tokens = text.to(self.device) if isinstance(text, Tensor) else self.tokenize(text)
+        tokens = text.to(self.device) if isinstance(text, Tensor) else self.tokenize(text, truncate=truncate)
         x = self.text(tokens)
         return F.normalize(x, dim=-1) if normalize else x
 
-    def forward(self, image: Optional[Tensor] = None, text: Optional[TextInput] = None):
+    def forward(self, image: Optional[Tensor] = None, text: Optional[TextInput] = None, truncate: bool = False):
         """Image and/or text embeddings (unnormalised): the image's if only images are given, the text's if
-        only text is given, else a tuple (image_embed, text_embed)."""
+        only text is given, else a tuple (image_embed, text_embed). Inputs as in encode_image / encode_text."""
         if image is None and text is None:
             raise ValueError("pass images, text, or both")
         img = self.encode_image(image) if image is not None else None
-        txt = self.encode_text(text) if text is not None else None
+        txt = self.encode_text(text, truncate=truncate) if text is not None else None
         if img is None:
             return txt
         return img if txt is None else (img, txt)

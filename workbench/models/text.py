@@ -48,6 +48,16 @@ class HookedTextTransformer(HookedTower):
             return torch.zeros(b, dtype=torch.long, device=tokens.device)
         return torch.full((b,), n - 1, dtype=torch.long, device=tokens.device)
 
+    def unknown_token_mask(self) -> Tensor:
+        """bool [vocab]: tokens whose embedding row is all zero, i.e. never trained (the shipped model's
+        checkpoint stores only the rows of tokens seen in training). Cached until the weights change."""
+        emb = self.token_embedding
+        state = (emb.data_ptr(), emb._version, emb.device)
+        if getattr(self, "_unknown_cache", (None,))[0] != state:
+            with torch.no_grad():
+                self._unknown_cache = (state, (emb == 0).all(dim=1).cpu())
+        return self._unknown_cache[1]
+
     def _check_tokens(self, tokens: Tensor) -> None:
         if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
             got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, Tensor) else type(tokens).__name__

@@ -11,6 +11,7 @@ from transformer_lens.hook_points import HookPoint
 from .components import Block, LayerNorm
 from .config import TowerConfig
 from .hook_names import TOWER_PREFIX
+from .preprocess import check_finite
 
 
 class HookedTower(HookedRootModule):
@@ -59,13 +60,19 @@ class HookedViT(HookedTower):
         self.setup()
 
     def _check_images(self, images: Tensor) -> None:
+        """The input rule of docs/inputs.md: a float batch [b, 3, H, W] from the model's preprocess, finite."""
         expected = (3, *self.cfg.image_size)
-        if not isinstance(images, Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        if not isinstance(images, Tensor):
+            raise TypeError(f"expected preprocessed images (a float tensor [batch, {', '.join(map(str, expected))}]), "
+                            f"got {type(images).__name__}; run them through `model.preprocess` first (it takes "
+                            "PIL images, lists of them, uint8 tensors and float tensors in [0, 1])")
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected or not images.is_floating_point():
+            got = f"{tuple(images.shape)} {images.dtype}"
             raise ValueError(
-                f"expected preprocessed images of shape [batch, {', '.join(map(str, expected))}], got {got}; "
-                "apply the model's `preprocess` (e.g. `model.preprocess(pil_image)`) and stack into a batch"
+                f"expected preprocessed images of shape [batch, {', '.join(map(str, expected))}] (float), got {got}; "
+                "apply the model's `preprocess` (e.g. `model.preprocess(pil_images)`), which also resizes"
             )
+        check_finite(images, "the images")
 
     def embed(self, images: Tensor) -> Tensor:
         """images [b, 3, H, W] → residual stream start [b, 1 + n_patches, d_model]."""
