@@ -145,3 +145,25 @@ def test_debiaslens_errors(tmp_path, files):
         load_debiaslens_prompts(files.lines(tmp_path / "c.csv", ["template,concept", "A {},good", ",good"]))
     with pytest.raises(PromptFileError, match="does not match any accepted shape"):
         load_debiaslens_prompts(files.json(tmp_path / "d.json", 42))
+
+
+def test_prompt_files_with_a_utf8_bom_read_like_plain_utf8(tmp_path):
+    import codecs
+
+    csv = tmp_path / "prompt_templates_adjectives.csv"  # as Excel saves "CSV UTF-8"
+    csv.write_bytes(codecs.BOM_UTF8 + b"template,concept\r\nA {} person,good\r\n")
+    assert load_debiaslens_prompts(csv) == {"good": ["A good person"]}
+    text = tmp_path / "adjectives.txt"
+    text.write_bytes(codecs.BOM_UTF8 + b"A photo of a kind person\n")
+    assert load_debiaslens_prompts(text) == {"adjectives": ["A photo of a kind person"]}
+    data = tmp_path / "p.json"
+    data.write_bytes(codecs.BOM_UTF8 + b'{"occupations": ["A doctor"]}')
+    assert load_debiaslens_prompts(data) == {"occupations": ["A doctor"]}
+
+
+@pytest.mark.parametrize("name, kind", [("t.csv", "CSV"), ("t.txt", "text"), ("t.json", "JSON")])
+def test_binary_prompt_file_names_the_file(tmp_path, name, kind):
+    path = tmp_path / name
+    path.write_bytes(b"PK\x03\x04\x00\x00binary")  # e.g. an .xlsx saved under the CSV's name
+    with pytest.raises(PromptFileError, match=rf"{name}' is not an? text {kind} file: it holds binary content"):
+        load_debiaslens_prompts(path)

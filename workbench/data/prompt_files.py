@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import DatasetFormatError
+from .base import DatasetFormatError, read_text_file
 
 __all__ = [
     "PromptFileError",
@@ -78,16 +78,24 @@ def _existing(path: str | os.PathLike) -> Path:
     return path
 
 
+def _read_text(path: Path, kind: str) -> str:
+    """UTF-8 text, a byte-order mark dropped; binary content raises naming the file (base.read_text_file)."""
+    try:
+        return read_text_file(path, "prompt file", kind)
+    except DatasetFormatError as error:
+        raise PromptFileError(str(error)) from None
+
+
 def _read_json(path: Path, shapes: str) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_text(path, "JSON"))
     except json.JSONDecodeError as error:
         raise _fail(path, f"not valid JSON ({error})", shapes) from error
 
 
 def _read_lines(path: Path) -> list[str]:
     """Non-empty lines, stripped; lines starting with '#' are comments."""
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    lines = (line.strip() for line in _read_text(path, "text").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
 
 
@@ -320,7 +328,7 @@ def _sem_query_templates(data: Mapping[str, Any], path: Path, method: str, resul
 def _python_list_literal(path: Path) -> list[str]:
     """The list literal assigned in a .py file (e.g. ``diverse_prompts = [...]``), parsed without running it."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = ast.parse(_read_text(path, "Python"), filename=str(path))
     except SyntaxError as error:
         raise _fail(path, f"not valid Python ({error})", SEM_SHAPES) from error
     for node in tree.body:
@@ -360,8 +368,9 @@ def load_debiaslens_prompts(path: str | os.PathLike) -> dict[str, list[str]]:
 
 def _debiaslens_csv(path: Path) -> dict[str, list[str]]:
     import csv
+    import io
 
-    with open(path, newline="", encoding="utf-8") as handle:
+    with io.StringIO(_read_text(path, "CSV"), newline="") as handle:
         reader = csv.DictReader(handle)
         columns = [name.strip() for name in reader.fieldnames or []]
         if sorted(columns) != ["concept", "template"]:
