@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.activations import ActivationStore, extract, extract_text
+from workbench.activations import ActivationStore, ShardError, extract, extract_text
 from workbench.activations.extract import sample_indices
-from workbench.activations.store import MANIFEST, SCHEMA, ShardError
+from workbench.activations.store import MANIFEST, SCHEMA
 
 SITES = ["head_contributions", "blocks.1.hook_resid_post"]
 N, BATCH, SHARD = 40, 4, 8  # 5 shards of 8 items, 2 batches each

@@ -4,8 +4,10 @@
     store["head_contributions"]          # [n, layers, heads, d_embed]
     store.labels["gender"]               # [n]
     ActivationStore.open("acts/")        # later, without the model
+
+Layout, checksums, resuming and errors (ShardError): docs/activations.md.
 """
 from .extract import SPECIAL_SITES, collate_items, extract, extract_text
-from .store import ActivationStore
+from .store import ActivationStore, ShardError
 
-__all__ = ["extract", "extract_text", "ActivationStore", "SPECIAL_SITES", "collate_items"]
+__all__ = ["extract", "extract_text", "ActivationStore", "ShardError", "SPECIAL_SITES", "collate_items"]
