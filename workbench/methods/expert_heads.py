@@ -63,6 +63,7 @@ def _check_attribution_inputs(heads: Tensor, image_embed: Tensor, text: Tensor, 
             raise ValueError(f"{name} must have one entry per image ({n}), got shape {tuple(v.shape)}")
 
 
+@torch.no_grad()
 def measured_skew(image_embed: Tensor, text: Tensor, query_labels: Tensor, groups: Tensor) -> Tensor:
     """The direction each query leans, measured: sign(mean similarity of group 1 − of group 0) over the
     images relevant to the query. image_embed [n, d], text [Q, d] normalised → [Q] of ±1 (0 on a tie)."""
@@ -179,10 +180,14 @@ def expert_heads(model, reference, queries: Sequence[str], attribute: str = "gen
 
     if isinstance(queries, (str, bytes)) or not all(isinstance(q, str) for q in queries):
         raise TypeError("queries must be a list of prompt strings, one per target class")
-    store = head_contributions(model, reference, batch_size=batch_size, progress=progress)
+    if len(reference) == 0:
+        raise ValueError("the reference set is empty")
+    keys = reference[0][1]  # check the labels before the extraction pass, not after
     for key in (attribute, target):
-        if key not in store.labels:
-            raise ValueError(f"the reference set has no label {key!r}; it has {sorted(store.labels)}")
+        if key not in keys:
+            raise ValueError(f"the reference set has no label {key!r}; it has {sorted(keys)}")
+    store = head_contributions(model, reference, batch_size=batch_size, progress=progress)
+    _check_groups(store.labels[attribute], f"attribute {attribute!r}")
     heads = store["head_contributions"]
     probes = probe(heads, store.labels[attribute], unit_index=["layer", "head"], seed=seed)
     with torch.no_grad():
