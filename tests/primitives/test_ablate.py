@@ -56,7 +56,7 @@ def test_replacing_a_head_puts_exactly_the_prototype_there(model, images, op):
 def test_scaling_a_head_multiplies_its_write(model, images):
     names = [attn(L, "hook_cls_result"), blk(L, "hook_attn_out")]
     _, clean = run(model, images, names)
-    _, edited = run(model, images, names, ablate_heads([(L, H)], op="scale", alpha=0.25))
+    _, edited = run(model, images, names, ablate_heads([(L, H)], op="scale", factor=0.25))
     x = clean[attn(L, "hook_cls_result")][:, H]
     assert torch.equal(edited[attn(L, "hook_cls_result")][:, H], 0.25 * x)
     assert torch.allclose(edited[blk(L, "hook_attn_out")][:, 0], clean[blk(L, "hook_attn_out")][:, 0] - 0.75 * x, atol=1e-6)
@@ -64,8 +64,8 @@ def test_scaling_a_head_multiplies_its_write(model, images):
 
 def test_scale_one_is_an_exact_no_op(model, images):
     clean, _ = run(model, images, [])
-    edited, _ = run(model, images, [], ablate_heads([(0, 0), (2, 3)], op="scale", alpha=1.0)
-                    + ablate_neurons([(1, None, [0, 4])], op="scale", alpha=1.0, position="all"))
+    edited, _ = run(model, images, [], ablate_heads([(0, 0), (2, 3)], op="scale", factor=1.0)
+                    + ablate_neurons([(1, None, [0, 4])], op="scale", factor=1.0, position="all"))
     assert torch.equal(edited, clean)
 
 
@@ -93,7 +93,7 @@ def test_damping_neurons_of_a_head_output_scales_only_those_coordinates(model, i
     idx = [5, 17, 40]
     names = [attn(L, "hook_cls_result"), blk(L, "hook_attn_out")]
     _, clean = run(model, images, names)
-    _, edited = run(model, images, names, ablate_neurons([(L, H, idx)], op="scale", alpha=0.1))
+    _, edited = run(model, images, names, ablate_neurons([(L, H, idx)], op="scale", factor=0.1))
     x, y = clean[attn(L, "hook_cls_result")][:, H], edited[attn(L, "hook_cls_result")][:, H]
     assert torch.equal(y[:, idx], 0.1 * x[:, idx])
     rest = [i for i in range(64) if i not in idx]
@@ -128,7 +128,7 @@ def test_zeroing_mlp_neurons_at_cls_changes_the_mlp_output_by_their_write(model,
 
 
 @pytest.mark.parametrize("op, kwargs, expect", [
-    ("scale", dict(alpha=0.5), lambda v: 0.5 * v),
+    ("scale", dict(factor=0.5), lambda v: 0.5 * v),
     ("set", dict(value=2.0), lambda v: torch.full_like(v, 2.0)),
     ("zero", dict(), torch.zeros_like),
 ])
@@ -248,8 +248,8 @@ def test_prototype_replacement_end_to_end(model, images):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: ablate_heads([(0, 0)], op="scale"), "needs alpha"),
-    (lambda: ablate_heads([(0, 0)], op="zero", alpha=0.1), "alpha is only used by op 'scale'"),
+    (lambda: ablate_heads([(0, 0)], op="scale"), "needs factor"),
+    (lambda: ablate_heads([(0, 0)], op="zero", factor=0.1), "factor is only used by op 'scale'"),
     (lambda: ablate_heads([(0, 0)], op="replace"), "needs value="),
     (lambda: ablate_heads([(0, 0)], op="project"), "unknown ablation op"),
     (lambda: ablate_heads([(0, 0), (0, 1)], op="replace", value={(0, 0): torch.zeros(64)}), "no entry for head (0, 1)"),
@@ -258,7 +258,7 @@ def test_prototype_replacement_end_to_end(model, images):
     (lambda: ablate_heads([(0, 0), (0, 0)]), "duplicates"),
     (lambda: ablate_neurons([(0, 1)]), "triples"),
     (lambda: ablate_neurons([(0, 1, 2), (0, 1, 2)]), "duplicates"),
-    (lambda: Intervention([Edit(site="head", op="zero", layer=0, head=0), "x"]), "item 1 is a str"),
+    (lambda: Intervention([Edit(target="head", op="zero", layer=0, head=0), "x"]), "item 1 is a str"),
 ])
 def test_bad_constructor_arguments(call, message):
     with pytest.raises(EditError) as info:
@@ -276,9 +276,12 @@ def test_reference_set_errors(model):
         class_prototypes(model, [(ref, {"gender": torch.zeros(4)})], "race")
     with pytest.raises(EditError, match="reference set is empty"):
         mean_activations(model, [])
+    with pytest.raises(EditError, match=r"found a single class \('f'\) in the labels; a neutral prototype needs at "
+                                        "least 2 classes. Use mean_activations for one overall mean"):
+        class_prototypes(model, ref, ["f"] * 4)
 
 
 def test_latent_ablation_builds_one_sae_edit():
-    iv = ablate_latents([4, 9], op="scale", alpha=0.0, hook="text.hook_text_embed")
+    iv = ablate_latents([4, 9], op="scale", factor=0.0, hook="text.hook_text_embed")
     e, = iv
-    assert (e.site, e.op, e.index, e.value, e.tower, e.position) == ("sae_latent", "scale", (4, 9), 0.0, "text", "all")
+    assert (e.target, e.op, e.index, e.value, e.tower, e.position) == ("sae_latent", "scale", (4, 9), 0.0, "text", "all")

@@ -199,9 +199,9 @@ def test_bad_inputs_raise_clear_errors(model, pair):
         patch_heads(model, clean, corrupted[:2], metric)
     with pytest.raises(ValueError, match=r"\[b, 3, H, W\]"):
         patch_heads(model, clean[0], corrupted[0], metric)
-    with pytest.raises(ValueError, match="no hook point 'blocks.7.hook_resid_pre'"):
+    with pytest.raises(ValueError, match="no image-tower hook point named 'blocks.7.hook_resid_pre'"):
         patch_sites(model, clean, corrupted, metric, ["blocks.7.hook_resid_pre"])
-    with pytest.raises(ValueError, match="did you mean"):
+    with pytest.raises(ValueError, match="did you mean 'blocks.0.hook_resid_pre'"):
         patch_sites(model, clean, corrupted, metric, ["blocks.0.hook_resid_pree"])
     with pytest.raises(ValueError, match="text tower"):
         patch_sites(model, clean, corrupted, metric, ["text.blocks.0.hook_resid_pre"])
@@ -213,7 +213,7 @@ def test_bad_inputs_raise_clear_errors(model, pair):
         patch_heads(model, clean, corrupted, metric, layers=[3])
     with pytest.raises(ValueError, match="out of range"):
         patch_heads(model, clean, corrupted, metric, heads=[-5])
-    with pytest.raises(ValueError, match="position"):
+    with pytest.raises(ValueError, match=r"position: unknown position 'patch'; expected one of \['pooled', 'all'\]"):
         patch_heads(model, clean, corrupted, metric, position="patch")
     with pytest.raises(ValueError, match="direction"):
         patch_heads(model, clean, corrupted, metric, direction="both")

@@ -32,7 +32,7 @@ def embed(model, images, spec, **kw):
 def example_spec(model):
     g = torch.Generator().manual_seed(0)
     iv = (ablate_heads([(2, 1)], op="replace", value=torch.randn(64, generator=g))      # sidecar (64 numbers)
-          + ablate_neurons([(2, 1, [3, 9])], op="scale", alpha=0.1)                     # inline scalar
+          + ablate_neurons([(2, 1, [3, 9])], op="scale", factor=0.1)                    # inline scalar
           + ablate_neurons([(1, None, [0, 5])], op="replace", value={(1, None, 0): 0.25, (1, None, 5): -1.5})  # inline list
           + add_direction(None, torch.randn(32, generator=g), scale=0.5, hook="hook_image_embed"))
     return iv.to_spec(model, method="expert_heads", dataset="synthsocial", attribute="gender")
@@ -62,11 +62,11 @@ def test_export_load_apply_reproduces_embeddings_bit_for_bit(tiny, tmp_path):
 
 
 def test_sidecar_threshold_and_stale_sidecars(tiny, tmp_path):
-    small = Edit(site="neuron", op="replace", layer=0, index=list(range(16)), value=torch.arange(16.0))
+    small = Edit(target="neuron", op="replace", layer=0, index=list(range(16)), value=torch.arange(16.0))
     spec = InterventionSpec.from_edits(tiny, [small])
     doc, tensors = spec.to_json_dict()
     assert doc["edits"][0]["value"] == list(range(16)) and not tensors and doc["sidecar"] is None
-    big = Edit(site="neuron", op="replace", layer=0, index=list(range(17)), value=torch.arange(17.0))
+    big = Edit(target="neuron", op="replace", layer=0, index=list(range(17)), value=torch.arange(17.0))
     doc, tensors = InterventionSpec.from_edits(tiny, [big]).to_json_dict()
     assert doc["edits"][0]["value"] == {"sidecar": "edit0.value"} and torch.equal(tensors["edit0.value"], torch.arange(17.0))
     # re-saving without tensors removes the old sidecar; no temporary files are left behind
@@ -110,7 +110,7 @@ def test_fingerprint_mismatch_names_the_model_the_spec_was_made_for(tiny):
 
 def test_edits_that_do_not_fit_the_model_are_reported_by_position(tiny):
     spec = example_spec(tiny)
-    bad = InterventionSpec(model=spec.model, edits=spec.edits + [Edit(site="head", op="zero", layer=5, head=0)])
+    bad = InterventionSpec(model=spec.model, edits=spec.edits + [Edit(target="head", op="zero", layer=5, head=0)])
     with pytest.raises(SpecModelMismatchError, match=r"edits\[4\]: .*layer 5 out of range"):
         bad.validate(tiny)
     with pytest.raises(SpecModelMismatchError, match="layer 5 out of range"):
@@ -166,9 +166,9 @@ def _valid_doc():
         "schema": SCHEMA,
         "model": {"name": "wb-tiny", "pretrained": None, "fingerprint": "c" * 64},
         "edits": [
-            {"site": "head", "op": "zero", "layer": 1, "head": 2, "index": None, "position": "cls", "tower": "image", "value": None},
-            {"site": "neuron", "op": "scale", "layer": 0, "head": None, "index": [1, 2], "position": "all", "tower": "image", "value": [0.5, 2.0]},
-            {"site": "direction", "op": "add", "layer": None, "hook": "hook_image_embed", "position": "all", "tower": "image",
+            {"target": "head", "op": "zero", "layer": 1, "head": 2, "index": None, "position": "cls", "tower": "image", "value": None},
+            {"target": "neuron", "op": "scale", "layer": 0, "head": None, "index": [1, 2], "position": "all", "tower": "image", "value": [0.5, 2.0]},
+            {"target": "direction", "op": "add", "layer": None, "hook": "hook_image_embed", "position": "all", "tower": "image",
              "value": [1.0, 2.0], "scale": 2.0},
         ],
         "sidecar": None,
@@ -184,7 +184,7 @@ def _valid_doc():
     ('{"schema": "a", "schema": "b"}', "duplicate keys ['schema']"),
     ("[]", "expected a JSON object"),
     ('{"model": {}}', "not a workbench intervention spec"),
-    ('{"schema": "workbench.intervention/v2"}', "unsupported version 'workbench.intervention/v2'"),
+    ('{"schema": "workbench.intervention/v3"}', "unsupported version 'workbench.intervention/v3'"),
     ('{"schema": "workbench.intervention/v1"}', "missing key(s) ['edits', 'model']"),
 ])
 def test_malformed_text_raises_spec_format_errors(tmp_path, text, message):
@@ -200,7 +200,9 @@ def test_the_valid_base_document_loads(tmp_path):
 
 @pytest.mark.parametrize("path, bad, message", [
     (("edits", 0, "op"), "ablate", "unknown op 'ablate'"),
-    (("edits", 0, "site"), None, "unknown site None"),
+    (("edits", 0, "target"), None, "unknown target None"),
+    (("edits", 0, "site"), "head", "unknown key(s) ['site']"),
+    (("edits", 0, "reference"), [1.0], "reference only applies to modulate"),
     (("edits", 0, "position"), "first", "unknown position 'first'"),
     (("edits", 0, "layer"), -1, "layer must be a non-negative int"),
     (("edits", 0, "layer"), 1.0, "layer must be a non-negative int"),
@@ -237,7 +239,7 @@ NOT_NUMBER = st.one_of(st.text(max_size=3), st.booleans(), st.lists(st.floats(al
                        st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
 UNKNOWN_WORD = st.text(min_size=1, max_size=8).filter(
     lambda s: s not in {"head", "neuron", "sae_latent", "direction", "zero", "mean", "replace", "scale", "set", "add",
-                        "project_out", "cls", "all", "image", "text"})
+                        "project_out", "modulate", "cls", "pooled", "all", "image", "text"})
 
 
 @st.composite
@@ -247,7 +249,7 @@ def mutations(draw):
     i = draw(st.integers(0, 2))
     edit = doc["edits"][i]
     if kind == "drop":
-        where = draw(st.sampled_from(["schema", "model", "edits", "model.name", "edit.site", "edit.op", "sae.path"]))
+        where = draw(st.sampled_from(["schema", "model", "edits", "model.name", "edit.target", "edit.op", "sae.path"]))
         if where.startswith("edit."):
             del edit[where[5:]]
         elif "." in where:
@@ -258,10 +260,11 @@ def mutations(draw):
         holder = draw(st.sampled_from([doc, doc["model"], edit, doc["sae"]]))
         key = draw(st.text(min_size=1, max_size=6).filter(lambda k: k not in holder and k not in
                                                           {"pretrained", "fingerprint", "sidecar", "sae", "alpha", "provenance",
-                                                           "layer", "head", "index", "position", "value", "tower", "hook", "scale"}))
+                                                           "layer", "head", "index", "position", "value", "tower", "hook", "scale",
+                                                           "reference"}))
         holder[key] = draw(st.integers())
     elif kind == "enum":
-        edit[draw(st.sampled_from(["site", "op", "position", "tower"]))] = draw(st.one_of(UNKNOWN_WORD, NOT_STR, st.none()))
+        edit[draw(st.sampled_from(["target", "op", "position", "tower"]))] = draw(st.one_of(UNKNOWN_WORD, NOT_STR, st.none()))
     elif kind == "int":
         edit[draw(st.sampled_from(["layer", "head"] if i == 0 else ["layer"]))] = draw(NOT_INT)
     elif kind == "str":
@@ -304,7 +307,7 @@ def test_random_mutations_are_rejected_with_a_spec_format_error(mutation):
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
                     | st.text(max_size=5), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
                     max_leaves=8)
-EDIT_KEYS = ["site", "op", "layer", "head", "index", "position", "value", "tower", "hook", "scale"]
+EDIT_KEYS = ["target", "op", "layer", "head", "index", "position", "value", "tower", "hook", "scale", "reference"]
 
 
 def _outcome(doc):
@@ -318,7 +321,7 @@ def _outcome(doc):
 
 # Field values near the valid ones reach the deeper checks (ranges, shapes, sidecar references).
 PLAUSIBLE = st.one_of(JSON, st.integers(-2, 300), st.lists(st.integers(-2, 300), max_size=4),
-                      st.sampled_from(["cls", "all", "image", "text", "hook_image_embed", "text.hook_text_embed"]),
+                      st.sampled_from(["cls", "pooled", "all", "image", "text", "hook_image_embed", "text.hook_text_embed"]),
                       st.lists(st.floats(-1e40, 1e40), max_size=4), st.lists(st.lists(st.floats(-3, 3), max_size=3), max_size=3),
                       st.just({"sidecar": "edit0.value"}))
 
@@ -327,8 +330,8 @@ PLAUSIBLE = st.one_of(JSON, st.integers(-2, 300), st.lists(st.integers(-2, 300),
 def edit_objects(draw):
     edit = draw(st.dictionaries(st.sampled_from(EDIT_KEYS), PLAUSIBLE, max_size=6))
     if draw(st.booleans()):
-        edit["site"] = draw(st.sampled_from(["head", "neuron", "sae_latent", "direction"]))
-        edit["op"] = draw(st.sampled_from(["zero", "mean", "replace", "scale", "set", "add", "project_out"]))
+        edit["target"] = draw(st.sampled_from(["head", "neuron", "sae_latent", "direction"]))
+        edit["op"] = draw(st.sampled_from(["zero", "mean", "replace", "scale", "set", "add", "project_out", "modulate"]))
     return edit
 
 
@@ -362,21 +365,24 @@ def _nonzero(n):
 @st.composite
 def valid_edits(draw, with_sae=False):
     site = draw(st.sampled_from(["head", "neuron", "direction"] + (["sae_latent"] if with_sae else [])))
-    position = draw(st.sampled_from(["cls", "all"]))
+    position = draw(st.sampled_from(["cls", "pooled", "all"]))
     if site == "direction":
         hook = draw(st.sampled_from([None, "hook_image_embed"]))
         width = 32 if hook else 64
         op = draw(st.sampled_from(["add", "project_out"]))
-        return Edit(site=site, op=op, layer=None if hook else draw(st.integers(0, 2)), hook=hook, position=position,
+        return Edit(target=site, op=op, layer=None if hook else draw(st.integers(0, 2)), hook=hook, position=position,
                     value=draw(_nonzero(width)), scale=draw(st.sampled_from([1.0, 0.5, -2.25])))
     if site == "sae_latent":
+        op = draw(st.sampled_from(["zero", "set", "scale", "modulate"]))
+        if op == "modulate":  # every latent, with a reference: the SEM modulation
+            return Edit(target=site, op=op, layer=2, position=position, value=draw(_vec(128)),
+                        reference=draw(st.one_of(st.none(), F32, _vec(128))))
         index = draw(st.lists(st.integers(0, 127), min_size=1, max_size=3, unique=True))
-        op = draw(st.sampled_from(["zero", "set", "scale"]))
         value = None if op == "zero" else draw(F32)
-        return Edit(site=site, op=op, layer=2, index=index, position=position, value=value)
+        return Edit(target=site, op=op, layer=2, index=index, position=position, value=value)
     head = draw(st.integers(0, 3)) if site == "head" else draw(st.one_of(st.none(), st.integers(0, 3)))
     layer = draw(st.integers(0, 2))
-    op = draw(st.sampled_from(["zero", "mean", "replace", "scale", "set", "add", "project_out"]))
+    op = draw(st.sampled_from(["zero", "mean", "replace", "scale", "set", "add", "project_out", "modulate"]))
     if site == "head":
         width, index = 64, None
     else:
@@ -386,18 +392,20 @@ def valid_edits(draw, with_sae=False):
         value = None
     elif op == "project_out":
         value = draw(_nonzero(width))
-    elif op in ("scale", "add") or site != "head":
+    elif op in ("scale", "add", "modulate") or site != "head":
         value = draw(st.one_of(F32, _vec(width)))
     else:
         value = draw(_vec(width))
-    return Edit(site=site, op=op, layer=layer, head=head, index=index, position=position, value=value)
+    reference = draw(st.one_of(st.none(), F32, _vec(width))) if op == "modulate" else None
+    return Edit(target=site, op=op, layer=layer, head=head, index=index, position=position, value=value,
+                reference=reference)
 
 
 @HYPOTHESIS
 @given(edits=st.lists(valid_edits(with_sae=True), max_size=5), alpha=st.floats(0, 1),
        method=st.one_of(st.none(), st.text(max_size=10)), threshold=st.sampled_from([0, 16, 10_000]))
 def test_random_valid_specs_round_trip_exactly(edits, alpha, method, threshold):
-    sae = SAERef("/data/saes/resid2", "e" * 64) if any(e.site == "sae_latent" for e in edits) else None
+    sae = SAERef("/data/saes/resid2", "e" * 64) if any(e.target == "sae_latent" for e in edits) else None
     spec = InterventionSpec(model=ModelRef("wb-tiny", None, "a" * 64), edits=edits, sae=sae, alpha=alpha,
                             provenance={"method": method, "date": "2026-02-03T04:05:06+00:00"})
     with tempfile.TemporaryDirectory() as tmp:
@@ -420,7 +428,7 @@ def test_random_valid_specs_apply_identically_after_export(tiny, edits):
 def test_text_tower_specs_apply_identically_after_export(tiny, tmp_path):
     g = torch.Generator().manual_seed(7)
     iv = (ablate_heads([(1, 2)], op="replace", value=torch.randn(48, generator=g), tower="text")
-          + ablate_neurons([(0, None, [3, 4])], op="scale", alpha=0.3, position="all", tower="text")
+          + ablate_neurons([(0, None, [3, 4])], op="scale", factor=0.3, position="all", tower="text")
           + project_out(None, torch.randn(32, generator=g), hook="text.hook_text_embed", position="cls"))
     spec = InterventionSpec.load(iv.to_spec(tiny).save(tmp_path / "t.json"))
     tokens = tiny.tokenize(["a photo of a nurse", "a doctor"])
@@ -438,3 +446,141 @@ def test_save_rejects_non_json_paths(tiny, tmp_path):
         example_spec(tiny).save(tmp_path / "spec.txt")
     with pytest.raises(SpecError, match="no spec file"):
         InterventionSpec.load(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------------------------------------- versions
+V1_DOCUMENT = """{
+  "schema": "workbench.intervention/v1",
+  "model": {"name": "wb-tiny", "pretrained": null, "fingerprint": null},
+  "edits": [
+    {"site": "head", "op": "replace", "layer": 2, "head": 1, "index": null, "position": "cls", "tower": "image",
+     "value": [0.5, -1.0, 2.0, 0.25]},
+    {"site": "neuron", "op": "scale", "layer": 1, "head": null, "index": [3, 9], "position": "all",
+     "tower": "text", "value": 0.1},
+    {"site": "direction", "op": "project_out", "layer": null, "head": null, "index": null, "position": "cls",
+     "tower": "image", "hook": "hook_image_embed", "value": [1.0, 0.0], "scale": 0.5}
+  ],
+  "sidecar": null,
+  "sae": null,
+  "alpha": 1.0,
+  "provenance": {"method": "expert_heads", "date": "2026-01-01T00:00:00+00:00", "workbench_version": "0.1.0"}
+}"""
+
+
+def test_version_1_files_are_still_read(tmp_path):
+    spec = InterventionSpec.load(_write(tmp_path, V1_DOCUMENT))
+    assert spec.edits == [
+        Edit(target="head", op="replace", layer=2, head=1, position="pooled", value=[0.5, -1.0, 2.0, 0.25]),
+        Edit(target="neuron", op="scale", layer=1, index=[3, 9], position="all", tower="text", value=0.1),
+        Edit(target="direction", op="project_out", hook="hook_image_embed", position="pooled", value=[1.0, 0.0],
+             scale=0.5),
+    ]
+    assert spec.provenance["method"] == "expert_heads"
+    resaved = json.loads(spec.save(tmp_path / "v2.json").read_text())  # written back as version 2
+    assert resaved["schema"] == SCHEMA == "workbench.intervention/v2"
+    assert [e["target"] for e in resaved["edits"]] == ["head", "neuron", "direction"]
+    assert resaved["edits"][0]["position"] == "pooled" and "site" not in resaved["edits"][0]
+    v1_with_target = V1_DOCUMENT.replace('"site": "head"', '"target": "head"')
+    with pytest.raises(SpecFormatError, match=r"edits\[0\]: unknown key\(s\) \['target'\] in a version 1 spec"):
+        InterventionSpec.load(_write(tmp_path, v1_with_target))
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def test_one_value_for_several_heads_is_stored_once_and_loads_equal(tiny, tmp_path):
+    v = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    iv = ablate_heads([(2, 1), (2, 3)], op="replace", value=v) + ablate_heads([(1, 0)], op="replace", value=-v)
+    spec = iv.to_spec(tiny)
+    path = spec.save(tmp_path / "shared.json")  # used to fail: "Some tensors share memory"
+    doc = json.loads(path.read_text())
+    assert [e["value"] for e in doc["edits"]] == [{"sidecar": "edit0.value"}, {"sidecar": "edit0.value"},
+                                                  {"sidecar": "edit2.value"}]
+    from safetensors.torch import load_file
+
+    assert sorted(load_file(str(tmp_path / "shared.values.safetensors"))) == ["edit0.value", "edit2.value"]
+    loaded = InterventionSpec.load(path)
+    assert loaded == spec and torch.equal(loaded.edits[1].value, v)
+    images = images_for(tiny, n=2)
+    assert torch.equal(embed(tiny, images, loaded), embed(tiny, images, spec))
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_spec_files_get_the_permissions_of_the_umask(tiny, tmp_path, umask, mode):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = example_spec(tiny).save(tmp_path / "p.json")
+    finally:
+        os.umask(old)
+    for p in (path, tmp_path / "p.values.safetensors"):
+        assert stat.S_IMODE(p.stat().st_mode) == mode, p
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_save_leaves_the_previous_spec_whole(tiny, tmp_path, monkeypatch):
+    import workbench.primitives.spec as spec_module
+
+    path = example_spec(tiny).save(tmp_path / "s.json")
+    before = _snapshot(tmp_path)
+    g = torch.Generator().manual_seed(9)
+    other = InterventionSpec.from_edits(tiny, ablate_heads([(0, 1)], op="replace", value=torch.randn(64, generator=g)))
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    # 1. the JSON cannot be serialised: nothing is written at all
+    monkeypatch.setattr(spec_module.json, "dumps", fail)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(path)
+    monkeypatch.undo()
+    assert _snapshot(tmp_path) == before
+    # 2. writing the JSON's temporary file fails: the sidecar was not replaced either
+    monkeypatch.setattr(Path, "write_text", fail)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(path)
+    monkeypatch.undo()
+    assert _snapshot(tmp_path) == before
+    # 3. writing the sidecar fails: the JSON was not replaced
+    monkeypatch.setattr(Path, "write_bytes", fail)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(path)
+    monkeypatch.undo()
+    assert _snapshot(tmp_path) == before  # no temporary files left either
+    assert InterventionSpec.load(path).edits == example_spec(tiny).edits
+    assert other.save(path) and InterventionSpec.load(path) == other
+
+
+# ---------------------------------------------------------------------------------------------- modulation (SEM)
+def test_latent_modulation_exports_and_equals_the_raw_sem_hook_bit_for_bit(tiny, tmp_path):
+    from tests.primitives.conftest import random_sae
+    from workbench.primitives import modulate_latents, sae_modulation_hook, steer
+
+    text_sae = random_sae(32, 96, seed=1)  # on the text embedding (d_embed = 32)
+    sae_dir = tmp_path / "text_sae"
+    text_sae.save_model(sae_dir)
+    M = torch.rand(96, generator=torch.Generator().manual_seed(1))
+    m = torch.rand(96, generator=torch.Generator().manual_seed(2))
+    edit = modulate_latents(M, m, hook="text.hook_text_embed")
+    assert (edit.target, edit.op, edit.tower, edit.index) == ("sae_latent", "modulate", "text", None)
+    path = InterventionSpec.from_edits(tiny, [edit], sae=sae_dir, method="sem").save(tmp_path / "sem.json")
+    doc = json.loads(path.read_text())
+    assert doc["edits"][0]["value"] == {"sidecar": "edit0.value"} and doc["edits"][0]["reference"] == {"sidecar": "edit0.reference"}
+    loaded = InterventionSpec.load(path)
+    assert torch.equal(loaded.edits[0].value, M) and torch.equal(loaded.edits[0].reference, m)
+    tokens = tiny.tokenize(["a photo of a nurse", "a doctor", ""])
+    with torch.no_grad():
+        clean = tiny.encode_text(tokens)
+        with steer(tiny, "text.hook_text_embed", sae_modulation_hook(text_sae, lambda z: M * z + (1 - M) * m)):
+            raw = tiny.encode_text(tokens)
+        with apply(tiny, loaded):
+            exported = tiny.encode_text(tokens)
+        with intervene(tiny, edit, sae=text_sae):
+            direct = tiny.encode_text(tokens)
+    assert torch.equal(exported, raw) and torch.equal(direct, raw) and not torch.allclose(raw, clean)
+    with pytest.raises(SpecModelMismatchError, match=r"value has shape \[95\], expected \[96\] \(the SAE's d_sae"):
+        InterventionSpec(model=loaded.model, edits=[modulate_latents(M[:95], hook="text.hook_text_embed")],
+                         sae=loaded.sae, base_dir=tmp_path).validate(tiny)

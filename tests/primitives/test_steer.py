@@ -157,7 +157,7 @@ def test_sae_modulation_hook_is_sem_without_error_term(model, sae):
 
 @pytest.mark.parametrize("op, kwargs, edit", [
     ("zero", dict(), lambda z: z.index_fill(-1, torch.tensor([1, 2]), 0.0)),
-    ("scale", dict(alpha=3.0), lambda z: torch.cat([z[..., :1], 3.0 * z[..., 1:3], z[..., 3:]], -1)),
+    ("scale", dict(factor=3.0), lambda z: torch.cat([z[..., :1], 3.0 * z[..., 1:3], z[..., 3:]], -1)),
     ("set", dict(value=[0.5, -0.5]), lambda z: torch.cat([z[..., :1], torch.tensor([0.5, -0.5]).expand(*z.shape[:-1], 2), z[..., 3:]], -1)),
 ])
 def test_sae_latent_edits_through_intervene(model, images, sae, op, kwargs, edit):
@@ -180,7 +180,7 @@ def test_spec_style_latent_edits_equal_the_blend_hook_bit_for_bit(model, images,
 
 
 def test_consecutive_latent_edits_share_one_sae_pass(model, sae):
-    iv = ablate_latents([1], op="zero", layer=2) + ablate_latents([2], op="scale", alpha=0.5, layer=2)
+    iv = ablate_latents([1], op="zero", layer=2) + ablate_latents([2], op="scale", factor=0.5, layer=2)
     (name, fn), = iv.hooks(model, sae=sae, alpha=0.7)
     assert name == SITE and len(fn.steps) == 1  # encode once, both latent edits, decode once
     h = torch.randn(2, 17, 64)

@@ -1,6 +1,6 @@
 """Direct-effect decomposition of the image embedding at the CLS token.
 
-Convention (DESIGN.md): the residual at CLS entering ln_post is
+Convention (docs/decomposition.md): the residual at CLS entering ln_post is
 
     r = embed[CLS] + Σ_l Σ_h cls_result[l, h] + Σ_l b_O[l] + Σ_l mlp_out[l][CLS].
 

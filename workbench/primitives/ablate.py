@@ -2,7 +2,7 @@
 
     protos = class_prototypes(model, images, labels, heads=[(11, 3), (11, 11)])     # μ_c per class + neutral
     iv = ablate_heads([(11, 3), (11, 11)], op="replace", value=protos["neutral"])
-    iv = iv + ablate_neurons([(11, 3, [5, 17])], op="scale", alpha=0.1)           # damping (METHODS.md §1)
+    iv = iv + ablate_neurons([(11, 3, [5, 17])], op="scale", factor=0.1)          # damping (docs/methods.md)
     with intervene(model, iv):
         emb = model.encode_image(images)
 
@@ -19,7 +19,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from .edits import Edit, EditError, POSITIONS, canonical_index, edits_to_hooks
+from workbench.models.hook_names import act_name, canonical_position, hook_tower
+
+from .compile import edits_to_hooks
+from .edit import Edit
+from .errors import EditError
+from .values import canonical_index
 
 __all__ = [
     "Intervention", "intervene", "ablate_heads", "ablate_neurons", "ablate_latents",
@@ -110,36 +115,37 @@ def _head_list(heads: Union[Head, Iterable[Head]]) -> list[Head]:
     return out
 
 
-def _check_op(op: str, alpha, value, allowed: Sequence[str]) -> None:
+def _check_op(op: str, factor, value, allowed: Sequence[str]) -> None:
     if op not in allowed:
         raise EditError(f"unknown ablation op {op!r}; expected one of {list(allowed)}")
-    if op == "scale" and alpha is None:
-        raise EditError("op 'scale' needs alpha (e.g. alpha=0.1 to damp by 90%)")
-    if op != "scale" and alpha is not None:
-        raise EditError(f"alpha is only used by op 'scale', not {op!r}")
+    if op == "scale" and factor is None:
+        raise EditError("op 'scale' needs factor (e.g. factor=0.1 to damp by 90%)")
+    if op != "scale" and factor is not None:
+        raise EditError(f"factor is only used by op 'scale', not {op!r}")
     if op == "zero" and value is not None:
         raise EditError("op 'zero' takes no value")
     if op in ("mean", "replace", "set") and value is None:
         raise EditError(f"op {op!r} needs value= (use mean_activations / class_prototypes to compute it)")
 
 
-def ablate_heads(heads: Union[Head, Iterable[Head]], op: str = "zero", value=None, alpha: Optional[float] = None,
-                 position: str = "cls", tower: str = "image") -> Intervention:
+def ablate_heads(heads: Union[Head, Iterable[Head]], op: str = "zero", value=None, factor: Optional[float] = None,
+                 position: str = "pooled", tower: str = "image") -> Intervention:
     """One head edit per (layer, head).
 
-    op: "zero" (x ← 0), "mean" / "replace" (x ← value), "scale" (x ← α·x).
+    op: "zero" (x ← 0), "mean" / "replace" (x ← value), "scale" (x ← factor·x).
     value: a vector [d_model] used for every head, or a mapping {(layer, head): vector} (e.g. the output of
     `mean_activations`, or `class_prototypes(...)[c]`); [pos, d_model] vectors with position="all".
-    position: "cls" edits the head's write to CLS (hook_cls_result); "all" its write at every position.
+    position: "pooled" (alias "cls") edits the head's write to the pooled token (hook_cls_result); "all" its
+    write at every position.
     """
-    _check_op(op, alpha, value, ABLATION_OPS)
+    _check_op(op, factor, value, ABLATION_OPS)
     if isinstance(value, Prototypes):
         raise EditError("value is a whole Prototypes table; pass one prototype set, e.g. value=protos['neutral'] "
                         "or value=protos[c] for class c")
     edits = []
     for l, h in _head_list(heads):
-        v = alpha if op == "scale" else _lookup(value, (l, h), "head")
-        edits.append(Edit(site="head", op=op, layer=l, head=h, value=v, position=position, tower=tower))
+        v = factor if op == "scale" else _lookup(value, (l, h), "head")
+        edits.append(Edit(target="head", op=op, layer=l, head=h, value=v, position=position, tower=tower))
     return Intervention(edits)
 
 
@@ -151,16 +157,16 @@ def _lookup(value, key: Hashable, what: str):
     return value
 
 
-def ablate_neurons(neurons: Iterable[tuple], op: str = "zero", value=None, alpha: Optional[float] = None,
-                   position: str = "cls", tower: str = "image") -> Intervention:
+def ablate_neurons(neurons: Iterable[tuple], op: str = "zero", value=None, factor: Optional[float] = None,
+                   position: str = "pooled", tower: str = "image") -> Intervention:
     """Edits on single neurons, grouped into one edit per (layer, head).
 
     neurons: (layer, head, index) triples; head=None addresses MLP neurons (mlp.hook_post), an int head
     addresses coordinates of that head's output; index is an int or a list of ints.
-    op: "zero", "mean" / "replace" / "set" (→ value), "scale" (→ α·x; paper damping α = 0.1).
+    op: "zero", "mean" / "replace" / "set" (→ value), "scale" (→ factor·x; the usual damping is factor=0.1).
     value: a float for every neuron, or a mapping {(layer, head, index): float}.
     """
-    _check_op(op, alpha, value, ABLATION_OPS + ("set",))
+    _check_op(op, factor, value, ABLATION_OPS + ("set",))
     groups: dict[tuple, list[int]] = {}
     for n in neurons:
         if not (isinstance(n, (tuple, list)) and len(n) == 3):
@@ -171,34 +177,35 @@ def ablate_neurons(neurons: Iterable[tuple], op: str = "zero", value=None, alpha
     edits = []
     for (layer, head), idx in groups.items():
         if op == "scale":
-            v = alpha
+            v = factor
         elif isinstance(value, Mapping):
             v = [float(_lookup(value, (layer, head, i), "neuron")) for i in idx]
         else:
             v = value
-        edits.append(Edit(site="neuron", op=op, layer=layer, head=head, index=idx, value=v, position=position,
+        edits.append(Edit(target="neuron", op=op, layer=layer, head=head, index=idx, value=v, position=position,
                           tower=tower))
     return Intervention(edits)
 
 
-def ablate_latents(latents, op: str = "zero", value=None, alpha: Optional[float] = None, layer: Optional[int] = None,
+def ablate_latents(latents, op: str = "zero", value=None, factor: Optional[float] = None, layer: Optional[int] = None,
                    hook: Optional[str] = None, position: str = "all", tower: Optional[str] = None) -> Intervention:
     """One sae_latent edit on the SAE at `blocks.{layer}.hook_resid_post` (or `hook`).
 
-    op: "zero", "mean" / "replace" / "set" (→ value: float or [len(latents)]), "scale" (→ α·z). Apply with
-    `intervene(model, iv, sae=sae, alpha=blend)`.
+    op: "zero", "mean" / "replace" / "set" (→ value: float or [len(latents)]), "scale" (→ factor·z). Apply with
+    `intervene(model, iv, sae=sae, alpha=blend)` (alpha: the SAE blend weight).
     """
-    _check_op(op, alpha, value, ABLATION_OPS + ("set",))
-    tower = tower or ("text" if hook is not None and hook.startswith("text.") else "image")
-    v = alpha if op == "scale" else value
-    return Intervention([Edit(site="sae_latent", op=op, layer=layer, hook=hook, index=latents, value=v,
+    _check_op(op, factor, value, ABLATION_OPS + ("set",))
+    if tower is None:
+        tower = hook_tower(hook) if hook is not None else "image"
+    v = factor if op == "scale" else value
+    return Intervention([Edit(target="sae_latent", op=op, layer=layer, hook=hook, index=latents, value=v,
                               position=position, tower=tower)])
 
 
 # ---------------------------------------------------------------------------------------------- reference means
 @dataclass
 class Prototypes:
-    """Per-class means of head writes (METHODS.md §1 prototypes).
+    """Per-class means of head writes (prototypes; see docs/methods.md).
 
     classes: {label: {(layer, head): Tensor [d_model] (or [pos, d_model])}}; neutral: same mapping for the
     neutral prototype; counts: {label: number of images}. `protos[c]` and `protos["neutral"]` index them.
@@ -269,16 +276,18 @@ def _batches(images, labels, batch_size: int) -> Iterator[tuple[Tensor, Optional
 @torch.no_grad()
 def _head_write_sums(model, images, heads: list[Head], position: str, labels, batch_size: int):
     """Σ of head writes per label (float64): {label: Tensor [n_heads, d_model] or [n_heads, pos, d_model]}, counts."""
-    if position not in POSITIONS:
-        raise EditError(f"unknown position {position!r}; expected one of {list(POSITIONS)}")
-    kind = "hook_cls_result" if position == "cls" else "hook_result"
-    names = sorted({f"blocks.{l}.attn.{kind}" for l, _ in heads})
+    try:
+        position = canonical_position(position)
+    except ValueError as err:
+        raise EditError(str(err)) from None
+    kind = "cls_result" if position == "pooled" else "result"
+    names = sorted({act_name(kind, l) for l, _ in heads})
     sums: dict = {}
     counts: dict = {}
     for x, ys in _batches(images, labels, batch_size):
         _, cache = model.run_with_cache(x.to(model.device), names_filter=names)
-        per_head = [cache[f"blocks.{l}.attn.{kind}"][:, h] if position == "cls" else
-                    cache[f"blocks.{l}.attn.{kind}"][:, :, h] for l, h in heads]
+        per_head = [cache[act_name(kind, l)][:, h] if position == "pooled" else
+                    cache[act_name(kind, l)][:, :, h] for l, h in heads]
         acts = torch.stack(per_head, dim=1).double()  # [b, n_heads, (pos,) d_model]
         keys = [None] * len(acts) if ys is None else ys
         if len(keys) != len(acts):
@@ -297,7 +306,7 @@ def _per_head(total: Tensor, heads: list[Head]) -> dict[Head, Tensor]:
     return {hd: total[i].float().cpu() for i, hd in enumerate(heads)}
 
 
-def mean_activations(model, images, heads: Optional[Iterable[Head]] = None, position: str = "cls",
+def mean_activations(model, images, heads: Optional[Iterable[Head]] = None, position: str = "pooled",
                      batch_size: int = 64) -> dict[Head, Tensor]:
     """Mean head writes over a reference set: {(layer, head): Tensor [d_model]} ([pos, d_model] for position="all").
 
@@ -309,7 +318,7 @@ def mean_activations(model, images, heads: Optional[Iterable[Head]] = None, posi
     return _per_head(sums[None] / counts[None], heads)
 
 
-def class_prototypes(model, images, labels, heads: Optional[Iterable[Head]] = None, position: str = "cls",
+def class_prototypes(model, images, labels, heads: Optional[Iterable[Head]] = None, position: str = "pooled",
                      neutral: str = "balanced", batch_size: int = 64) -> Prototypes:
     """Per-class mean head writes μ_c^(l,h) and a neutral prototype, in one pass over the reference set.
 
@@ -323,6 +332,10 @@ def class_prototypes(model, images, labels, heads: Optional[Iterable[Head]] = No
         raise EditError("class_prototypes needs labels; use mean_activations for one overall mean")
     heads = _check_heads(model, heads)
     sums, counts = _head_write_sums(model, images, heads, position, labels, batch_size)
+    if len(sums) < 2:
+        only = ", ".join(repr(k) for k in sums)
+        raise EditError(f"class_prototypes found a single class ({only}) in the labels; a neutral prototype needs "
+                        "at least 2 classes. Use mean_activations for one overall mean")
     means = {k: sums[k] / counts[k] for k in sums}
     if neutral == "balanced":
         neutral_mean = torch.stack(list(means.values())).mean(0)

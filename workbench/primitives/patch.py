@@ -18,7 +18,6 @@ the same as one forward per patch up to float rounding.
 """
 from __future__ import annotations
 
-import difflib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -27,14 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from workbench.models.hook_names import act_name, canonical_position, check_hook_name, position_axis
+
 Metric = Callable[[Tensor], Union[Tensor, float]]
 DIRECTIONS = ("clean_to_corrupted", "corrupted_to_clean")
-POSITIONS = ("cls", "all")
-EMBED_SITE = "hook_image_embed"
-# Sites whose tensors hold only the pooled/CLS token already (token-pooled towers): "cls" patches them whole.
-_POOLED_SITES = (EMBED_SITE, "attn.hook_cls_result", "ln_post.hook_scale", "ln_post.hook_normalized")
-# Attention patterns are [b, head, q_pos, k_pos]: the CLS token is a query row, not axis 1.
-_QUERY_ROW_SITES = ("attn.hook_attn_scores", "attn.hook_pattern")
+EMBED_SITE = act_name("image_embed")
 # Patches per forward when batch_patches is None: enough to amortise per-forward overhead, few enough that the
 # repeated batch (k · b images) stays small. On 2 CPU cores, 12 patches per forward ran 3–4× faster than one
 # forward per patch on a 3-layer tiny ViT and ~2× faster on a ViT-B/32-shaped model (batch 4).
@@ -111,7 +107,7 @@ class PatchResult:
     layers: list[int]
     heads: list[int]
     direction: str = "clean_to_corrupted"
-    position: str = "cls"
+    position: str = "pooled"
 
     @property
     def normalized(self) -> Tensor:
@@ -218,24 +214,25 @@ def _check_indices(kind: str, values, n: int) -> list[int]:
 
 
 def _check_site(model, site: str) -> None:
-    if site.startswith("text."):
+    if isinstance(site, str) and site.startswith("text."):
         raise ValueError(f"site {site!r} is in the text tower; patching runs image pairs, so use image-tower "
                          "hooks such as 'blocks.0.hook_resid_pre'")
-    if site not in model.hook_dict:
-        close = difflib.get_close_matches(site, [n for n in model.hook_dict if not n.startswith("text.")], n=3)
-        hint = f"; did you mean {close}?" if close else "; see model.visual.hook_names for the valid names"
-        raise ValueError(f"no hook point {site!r} in this model{hint}")
+    check_hook_name(model, site, tower="image")
+
+
+def _check_position(position) -> str:
+    try:
+        return canonical_position(position)
+    except ValueError as err:
+        raise ValueError(f"position: {err}") from None
 
 
 def _cls_index(site: str) -> tuple:
-    """Index (after the batch axis) of the CLS token at `site`."""
-    if site.endswith(_POOLED_SITES):
-        return ()
-    if site.endswith(_QUERY_ROW_SITES):
-        return (slice(None), 0)
-    if site == "hook_patch_embed":
+    """Index (after the batch axis) of the CLS token at `site` (image tower, token pooling)."""
+    if site == act_name("patch_embed"):
         raise ValueError("hook_patch_embed holds patch tokens only (no CLS); use position='all' or 'hook_embed'")
-    return (0,)
+    axis = position_axis(site)  # attention patterns [b, head, q_pos, k_pos]: the CLS token is query row 0
+    return () if axis is None else (slice(None),) * (axis - 1) + (0,)
 
 
 def _metric_value(metric: Metric, acts: Tensor, b: int) -> Tensor:
@@ -309,7 +306,7 @@ def _run_patches(model, clean: Tensor, corrupted: Tensor, metric: Metric, patche
 
 # ---------------------------------------------------------------------------------------------- public API
 def patch_heads(model, clean: Tensor, corrupted: Tensor, metric: Metric, layers=None, heads=None,
-                position: str = "cls", direction: str = "clean_to_corrupted", batch_patches: Optional[int] = None,
+                position: str = "pooled", direction: str = "clean_to_corrupted", batch_patches: Optional[int] = None,
                 metric_site: str = EMBED_SITE, progress: bool = False) -> PatchResult:
     """Patch each (layer, head)'s write from the source run into the base run.
 
@@ -318,7 +315,8 @@ def patch_heads(model, clean: Tensor, corrupted: Tensor, metric: Metric, layers=
         clean, corrupted: paired image batches [b, 3, H, W] of equal shape.
         metric: fn(activation at `metric_site`) → [b] or scalar; by default it gets image_embed [b, d_embed].
         layers, heads: indices to sweep (default: all).
-        position: "cls" patches the head's write to CLS (`hook_cls_result`, cheap); "all" its write at every
+        position: "pooled" (alias "cls") patches the head's write to CLS (`hook_cls_result`, cheap); "all" its
+            write at every
             token (`hook_result`; the source cache holds [b, pos, head, d_model] per swept layer, e.g. ~90 MB
             for ViT-B/32 at batch 4 over all 12 layers: sweep fewer layers at a time for big batches).
         direction: "clean_to_corrupted" runs corrupted and restores clean writes; "corrupted_to_clean" runs
@@ -330,14 +328,14 @@ def patch_heads(model, clean: Tensor, corrupted: Tensor, metric: Metric, layers=
     Returns a PatchResult with effects [len(layers), len(heads)].
     """
     clean, corrupted = _check_pair(model, clean, corrupted)
-    _check_choice("position", position, POSITIONS)
+    position = _check_position(position)
     _check_choice("direction", direction, DIRECTIONS)
     cfg = model.visual.cfg
     layers = _check_indices("layers", layers, cfg.n_layers)
     heads = _check_indices("heads", heads, cfg.n_heads)
-    hook, head_index = ("attn.hook_cls_result", lambda h: (h,)) if position == "cls" else \
-        ("attn.hook_result", lambda h: (slice(None), h))
-    patches = [_Patch(f"blocks.{l}.{hook}", head_index(h)) for l in layers for h in heads]
+    kind, head_index = ("cls_result", lambda h: (h,)) if position == "pooled" else \
+        ("result", lambda h: (slice(None), h))
+    patches = [_Patch(act_name(kind, l), head_index(h)) for l in layers for h in heads]
     effects, clean_value, corrupted_value = _run_patches(model, clean, corrupted, metric, patches, direction,
                                                          metric_site, batch_patches, progress)
     return PatchResult(effects.reshape(len(layers), len(heads)), clean_value, corrupted_value, layers, heads,
@@ -349,20 +347,21 @@ def patch_sites(model, clean: Tensor, corrupted: Tensor, metric: Metric, sites: 
                 metric_site: str = EMBED_SITE, progress: bool = False) -> SitePatchResult:
     """Patch each hook site (whole activation, or its CLS token) from the source run into the base run.
 
-    `sites`: image-tower hook names, e.g. `[f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]` for a
-    layer sweep. position "all" replaces the whole activation; "cls" only the CLS token (position 0 of
-    [b, pos, …] sites, query row 0 of attention patterns; pooled sites such as hook_cls_result are whole).
+    `sites`: image-tower hook names, e.g. `[act_name("resid_pre", l) for l in range(n_layers)]` for a
+    layer sweep. position "all" replaces the whole activation; "pooled" (alias "cls") only the CLS token
+    (position 0 of [b, pos, …] sites, query row 0 of attention patterns; pooled sites such as hook_cls_result
+    are whole).
     Other arguments as in `patch_heads`. Returns a SitePatchResult with effects [len(sites)].
     """
     clean, corrupted = _check_pair(model, clean, corrupted)
-    _check_choice("position", position, POSITIONS)
+    position = _check_position(position)
     _check_choice("direction", direction, DIRECTIONS)
     if isinstance(sites, str) or not sites:
         raise ValueError(f"sites must be a non-empty list of hook names, got {sites!r}")
     sites = list(sites)
     for site in sites:
         _check_site(model, site)
-    patches = [_Patch(s, _cls_index(s) if position == "cls" else ()) for s in sites]
+    patches = [_Patch(s, _cls_index(s) if position == "pooled" else ()) for s in sites]
     effects, clean_value, corrupted_value = _run_patches(model, clean, corrupted, metric, patches, direction,
                                                          metric_site, batch_patches, progress)
     return SitePatchResult(effects, clean_value, corrupted_value, sites, direction, position)

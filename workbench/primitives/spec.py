@@ -1,14 +1,14 @@
-"""`InterventionSpec`: a versioned, validated JSON file describing edits to one model (DESIGN.md).
+"""`InterventionSpec`: a versioned, validated JSON file describing edits to one model (docs/interventions.md).
 
-File format (schema "workbench.intervention/v1"):
+File format (schema "workbench.intervention/v2"):
 
     {
-      "schema": "workbench.intervention/v1",
+      "schema": "workbench.intervention/v2",
       "model": {"name": "ViT-B-32", "pretrained": "openai", "fingerprint": "<sha256 of the weights>"},
       "edits": [
-        {"site": "head", "op": "replace", "layer": 11, "head": 3, "index": null, "position": "cls",
+        {"target": "head", "op": "replace", "layer": 11, "head": 3, "index": null, "position": "pooled",
          "tower": "image", "value": {"sidecar": "edit0.value"}},
-        {"site": "neuron", "op": "scale", "layer": 11, "head": 3, "index": [5, 17], "position": "cls",
+        {"target": "neuron", "op": "scale", "layer": 11, "head": 3, "index": [5, 17], "position": "pooled",
          "tower": "image", "value": 0.1}
       ],
       "sidecar": "debias.values.safetensors",        # null when every value is inline
@@ -18,10 +18,14 @@ File format (schema "workbench.intervention/v1"):
                      "date": "2026-01-01T00:00:00+00:00", "workbench_version": "0.1.0"}
     }
 
-Edit keys are the `Edit` fields (`hook` and `scale` may be omitted). Values: null, a number, a (nested) list
-for small tensors (≤ 16 numbers by default), or {"sidecar": key} naming a tensor in the sidecar
-safetensors file next to the JSON. Values are float32 and round-trip bit-exactly; nothing is pickled.
-Relative SAE / sidecar paths are relative to the JSON file's folder.
+Edit objects are `Edit.to_dict()` (`hook`, `scale` and `reference` may be omitted). Values (and references):
+null, a number, a (nested) list for small tensors (≤ 16 numbers by default), or {"sidecar": key} naming a
+tensor in the sidecar safetensors file next to the JSON (equal tensors are stored once). Values are float32
+and round-trip bit-exactly; nothing is pickled. Relative SAE / sidecar paths are relative to the JSON file's
+folder. Files are written with the permissions the umask gives, both or neither (see `save`).
+
+Version 1 files ("workbench.intervention/v1") are still read: their edits say "site" for the target, and
+position "cls" is read as "pooled".
 
 Errors (all `SpecError`, a ValueError): `SpecFormatError` (malformed file: schema/version, unknown or
 missing keys, wrong types, unknown op/site/position, bad shapes), `SidecarError` (missing sidecar file or
@@ -35,17 +39,21 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from torch import Tensor
 
-from .edits import Edit, EditError, EditTargetError, edits_to_hooks, is_finite_number
+from workbench.files import atomic_write
+
+from .compile import edits_to_hooks
+from .edit import Edit
+from .errors import EditError, EditTargetError
+from .values import is_finite_number
 
 __all__ = [
     "InterventionSpec", "ModelRef", "SAERef", "apply", "sae_sha256", "SCHEMA",
@@ -53,12 +61,12 @@ __all__ = [
     "SAEError", "FingerprintWarning",
 ]
 
-SCHEMA = "workbench.intervention/v1"
+SCHEMA = "workbench.intervention/v2"
+SCHEMA_V1 = "workbench.intervention/v1"
 _SCHEMA_PREFIX = "workbench.intervention/"
 SIDECAR_THRESHOLD = 16  # tensors with more numbers than this go to the sidecar file
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TOP_KEYS = {"schema", "model", "edits", "sidecar", "sae", "alpha", "provenance"}
-_EDIT_KEYS = {f.name for f in fields(Edit)}
 PathLike = Union[str, os.PathLike]
 
 
@@ -180,7 +188,7 @@ class InterventionSpec:
 
         edits = [edits] if isinstance(edits, Edit) else list(getattr(edits, "edits", edits))
         for i, e in enumerate(edits):  # fail early on edits that cannot fit this model (SAE ones are checked on apply)
-            if isinstance(e, Edit) and e.site != "sae_latent":
+            if isinstance(e, Edit) and e.target != "sae_latent":
                 try:
                     e.validate(model)
                 except EditTargetError as err:
@@ -207,24 +215,21 @@ class InterventionSpec:
     def to_json_dict(self, sidecar_threshold: int = SIDECAR_THRESHOLD,
                      sidecar_name: Optional[str] = None) -> tuple[dict, dict[str, Tensor]]:
         """(JSON-ready dict, {sidecar key: tensor}); tensors with more than `sidecar_threshold` numbers go to
-        the sidecar (named `sidecar_name` in the JSON)."""
+        the sidecar (named `sidecar_name` in the JSON). Equal tensors (e.g. one prototype for several heads)
+        are stored once, under the key of their first use."""
         tensors: dict[str, Tensor] = {}
-        edits = []
-        for i, e in enumerate(self.edits):
-            d: dict[str, Any] = {"site": e.site, "op": e.op, "layer": e.layer, "head": e.head,
-                                 "index": list(e.index) if isinstance(e.index, tuple) else e.index,
-                                 "position": e.position, "tower": e.tower}
-            if e.hook is not None:
-                d["hook"] = e.hook
-            if e.scale != 1.0:
-                d["scale"] = e.scale
-            if isinstance(e.value, Tensor) and e.value.numel() > sidecar_threshold:
-                key = f"edit{i}.value"
-                tensors[key] = e.value
-                d["value"] = {"sidecar": key}
-            else:
-                d["value"] = e.value.tolist() if isinstance(e.value, Tensor) else e.value
-            edits.append(d)
+        seen: dict[tuple, str] = {}  # (shape, sha256 of the bytes) -> sidecar key
+
+        def to_json(i: int, name: str, t: Tensor):
+            if t.numel() <= sidecar_threshold:
+                return None  # inline list
+            digest = (tuple(t.shape), hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest())
+            if digest not in seen:
+                seen[digest] = f"edit{i}.{name}"
+                tensors[seen[digest]] = t.clone()  # a tensor of its own: safetensors refuses shared memory
+            return {"sidecar": seen[digest]}
+
+        edits = [e.to_dict(lambda name, t, i=i: to_json(i, name, t)) for i, e in enumerate(self.edits)]
         doc = {
             "schema": SCHEMA,
             "model": {"name": self.model.name, "pretrained": self.model.pretrained,
@@ -245,8 +250,13 @@ class InterventionSpec:
         return _Parser(source, sidecar).spec(doc, base_dir)
 
     def save(self, path: PathLike, sidecar_threshold: int = SIDECAR_THRESHOLD) -> Path:
-        """Write `path` (JSON) and, if needed, `<stem>.values.safetensors` beside it; both atomically."""
-        from safetensors.torch import save_file
+        """Write `path` (JSON) and, if needed, `<stem>.values.safetensors` beside it.
+
+        Both files are prepared in full (serialised in memory, then written to temporary files) before either
+        replaces the previous one, so a failure while preparing leaves the previous spec as it was. Files get
+        the permissions a plain `open(path, "w")` would (the umask), not those of temporary files.
+        """
+        from safetensors.torch import save as safetensors_bytes
 
         path = Path(path)
         if path.suffix != ".json":
@@ -256,13 +266,17 @@ class InterventionSpec:
         doc, tensors = self.to_json_dict(sidecar_threshold, sidecar_path.name)
         if self.sae is not None and not os.path.isabs(self.sae.path):  # keep it valid relative to the new folder
             doc["sae"]["path"] = os.path.relpath(self.sae_path(), path.parent.resolve())
-        if tensors:
-            _atomic_write(sidecar_path, lambda tmp: save_file({k: t.contiguous() for k, t in tensors.items()}, tmp,
-                                                              metadata={"schema": SCHEMA}))
-        elif sidecar_path.exists():
+        text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+        sidecar = safetensors_bytes(tensors, metadata={"schema": SCHEMA}) if tensors else None
+
+        def write_json(tmp: str) -> None:
+            Path(tmp).write_text(text, encoding="utf-8")
+            if sidecar is not None:  # renamed into place only once the JSON's temporary file is complete
+                atomic_write(sidecar_path, lambda t: Path(t).write_bytes(sidecar))
+
+        atomic_write(path, write_json)
+        if sidecar is None and sidecar_path.exists():
             sidecar_path.unlink()  # a stale sidecar from an earlier save would only confuse readers
-        text = json.dumps(doc, indent=2, allow_nan=False)
-        _atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
         return path
 
     @classmethod
@@ -303,7 +317,7 @@ class InterventionSpec:
         return self._sae_cache
 
     def _resolve_sae(self, model, sae):
-        needs = [e for e in self.edits if e.site == "sae_latent" and not e.hook_name(model).endswith(".hook_sae_acts_post")]
+        needs = [e for e in self.edits if e.target == "sae_latent" and e.hook_name(model) == e.target_hook()]
         if not needs or sae is not None:
             return sae
         if self.sae is None:
@@ -378,10 +392,6 @@ def parse_json(text: str, source: str = "spec") -> Any:
         raise SpecFormatError(f"{source}: not valid JSON: {err}") from None
     except RecursionError:
         raise SpecFormatError(f"{source}: JSON nested too deeply") from None
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _check_provenance(prov: Any, where: str, error=SpecFormatError) -> None:
@@ -467,9 +477,9 @@ class _Parser:
         schema = doc.get("schema")
         if not isinstance(schema, str) or not schema.startswith(_SCHEMA_PREFIX):
             raise self.fail("schema", f"not a workbench intervention spec (schema {schema!r}, expected {SCHEMA!r})")
-        if schema != SCHEMA:
-            raise self.fail("schema", f"unsupported version {schema!r}; this workbench reads {SCHEMA!r} "
-                                      "(upgrade workbench to read newer specs)")
+        if schema not in (SCHEMA, SCHEMA_V1):
+            raise self.fail("schema", f"unsupported version {schema!r}; this workbench reads {SCHEMA!r} and "
+                                      f"{SCHEMA_V1!r} (upgrade workbench to read newer specs)")
         doc = self.obj(doc, "document", {"schema", "model", "edits"}, _TOP_KEYS)
         m = self.obj(doc["model"], "model", {"name"}, {"name", "pretrained", "fingerprint"})
         fp = self.string(m.get("fingerprint"), "model.fingerprint", optional=True)
@@ -479,7 +489,7 @@ class _Parser:
                          self.string(m.get("pretrained"), "model.pretrained", optional=True), fp)
         if not isinstance(doc["edits"], list):
             raise self.fail("edits", f"expected a list of edits, got {_type(doc['edits'])}")
-        edits = [self.edit(e, f"edits[{i}]") for i, e in enumerate(doc["edits"])]
+        edits = [self.edit(e, f"edits[{i}]", v1=schema == SCHEMA_V1) for i, e in enumerate(doc["edits"])]
         if "sidecar" in doc:
             self.string(doc["sidecar"], "sidecar", optional=True)
         sae = None
@@ -497,73 +507,31 @@ class _Parser:
         base = Path(base_dir) if base_dir is not None else None
         return InterventionSpec(model=model, edits=edits, sae=sae, alpha=float(alpha), provenance=dict(prov), base_dir=base)
 
-    def edit(self, d: Any, where: str) -> Edit:
-        d = self.obj(d, where, {"site", "op"}, _EDIT_KEYS)
-        kwargs = {k: v for k, v in d.items() if k != "value"}
-        kwargs["value"] = self.value(d.get("value"), f"{where}.value")
-        if "scale" in kwargs and not _is_number(kwargs["scale"]):
-            raise self.fail(f"{where}.scale", f"expected a number, got {_type(kwargs['scale'])}")
-        for key in ("position", "tower"):
-            if key in kwargs and kwargs[key] is None:
-                raise self.fail(f"{where}.{key}", "must not be null")
+    def edit(self, d: Any, where: str, v1: bool = False) -> Edit:
+        if v1 and isinstance(d, dict):  # version 1 called the target "site" (position "cls" is still accepted)
+            if "target" in d:
+                raise self.fail(where, "unknown key(s) ['target'] in a version 1 spec (it says 'site')")
+            d = {("target" if k == "site" else k): v for k, v in d.items()}
         try:
-            return Edit(**kwargs)
+            return Edit.from_dict(d, tensor_from_json=lambda name, obj: self.sidecar_tensor(obj, f"{where}.{name}"))
         except EditError as err:
             raise self.fail(where, str(err)) from None
 
-    def value(self, v: Any, where: str):
-        if v is None or _is_number(v):
-            return v
-        if isinstance(v, list):
-            return self._tensor_from_list(v, where)
-        if isinstance(v, dict):
-            if set(v) != {"sidecar"}:
-                raise self.fail(where, f'a value object must be {{"sidecar": key}}, got keys {sorted(v)}')
-            key = self.string(v["sidecar"], f"{where}.sidecar")
-            if self.sidecar is None:
-                raise SidecarError(f"{self.source}: {where} refers to sidecar tensor {key!r}, but no sidecar was given")
-            try:
-                t = self.sidecar[key]
-            except KeyError:  # a plain mapping passed to from_json_dict (files raise SidecarError themselves)
-                raise SidecarError(f"{self.source}: {where} refers to sidecar tensor {key!r}, which the sidecar "
-                                   f"does not have") from None
-            if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
-                raise self.fail(where, f"sidecar entry {key!r} is not a float tensor")
-            return t
-        raise self.fail(where, f"expected null, a number, a list of numbers or {{\"sidecar\": key}}, got {_type(v)}")
-
-    def _tensor_from_list(self, v: list, where: str) -> Tensor:
-        import torch
-
-        def shape(x, depth):
-            if _is_number(x):
-                return ()
-            if not isinstance(x, list) or not x or depth > 2:
-                raise self.fail(where, "expected a non-empty list of numbers or a list of equal-length lists of numbers")
-            inner = {shape(y, depth + 1) for y in x}
-            if len(inner) != 1:
-                raise self.fail(where, "nested lists must be rectangular (all rows the same length, numbers only)")
-            return (len(x),) + inner.pop()
-
-        shape(v, 1)
-        flat = v if _is_number(v[0]) else [y for row in v for y in row]
-        if not all(is_finite_number(y) for y in flat):
-            raise self.fail(where, "values must be finite numbers")
-        return torch.tensor(v, dtype=torch.float32)
+    def sidecar_tensor(self, v: Mapping, where: str) -> Tensor:
+        if set(v) != {"sidecar"}:
+            raise self.fail(where, f'a value object must be {{"sidecar": key}}, got keys {sorted(v, key=str)}')
+        key = self.string(v["sidecar"], f"{where}.sidecar")
+        if self.sidecar is None:
+            raise SidecarError(f"{self.source}: {where} refers to sidecar tensor {key!r}, but no sidecar was given")
+        try:
+            t = self.sidecar[key]
+        except KeyError:  # a plain mapping passed to from_json_dict (files raise SidecarError themselves)
+            raise SidecarError(f"{self.source}: {where} refers to sidecar tensor {key!r}, which the sidecar "
+                               f"does not have") from None
+        if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
+            raise self.fail(where, f"sidecar entry {key!r} is not a float tensor")
+        return t
 
 
 def _type(x: Any) -> str:
     return "null" if x is None else type(x).__name__
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename: readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -1,13 +1,10 @@
-"""Steering: add or remove a direction at a site, and SAE-latent steering (DebiasLens blend, SEM modulation).
+"""Steering: add or remove a direction at a hook, and SAE-latent steering (DebiasLens blend, SEM modulation).
 
-- `add_direction` / `project_out` return `Edit`s (compose them with other edits, export them in a spec).
-- `sae_transform` is the one SAE pass everything SAE-based uses (spec sae_latent edits included):
-  h' = α·decode(f(encode(h))) + (1 − α)·h, with no error term.
-- `sae_blend_hook` (DebiasLens, METHODS.md §3) and `sae_modulation_hook` (SEM, METHODS.md §2) wrap it
-  as transformer_lens hook fns; attach them with `steer(model, site_hook, fn)`.
-
-SAEs are sae_lens objects (`sae_lens.SAE`: `.encode`, `.decode`, `.cfg.d_in`, `.cfg.d_sae`); sae_lens
-is not imported here, so `import workbench.primitives` stays light.
+- `add_direction` / `project_out` / `modulate_latents` return `Edit`s (compose them with other edits, export
+  them in a spec). `modulate_latents` is SEM's z' = M ⊙ z + (1 − M) ⊙ m as an ordinary, exportable edit.
+- `sae_blend_hook` (DebiasLens) and `sae_modulation_hook` (SEM with any latent function) wrap `sae.sae_transform`
+  — the one SAE pass, h' = α·decode(f(encode(h))) + (1 − α)·h — as transformer_lens hook fns; attach them with
+  `steer(model, hook_name, fn)`. See docs/methods.md.
 """
 from __future__ import annotations
 
@@ -18,9 +15,15 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from .edits import POSITIONS, Edit, EditError, apply_op, canonical_index, is_finite_number
+from workbench.models.hook_names import canonical_position, check_hook_name, hook_tower
 
-__all__ = ["add_direction", "project_out", "sae_transform", "sae_blend_hook", "sae_modulation_hook", "steer"]
+from .edit import Edit
+from .errors import EditError
+from .ops import apply_op
+from .sae import sae_transform
+from .values import canonical_index, is_finite_number
+
+__all__ = ["add_direction", "project_out", "modulate_latents", "sae_blend_hook", "sae_modulation_hook", "steer"]
 
 HookFn = Callable[[Tensor, Any], Tensor]
 
@@ -28,7 +31,7 @@ HookFn = Callable[[Tensor, Any], Tensor]
 def _tower(hook: Optional[str], tower: Optional[str]) -> str:
     if tower is not None:
         return tower
-    return "text" if hook is not None and hook.startswith("text.") else "image"
+    return hook_tower(hook) if hook is not None else "image"
 
 
 def add_direction(layer: Optional[int], direction, scale: float = 1.0, position: str = "all",
@@ -37,7 +40,7 @@ def add_direction(layer: Optional[int], direction, scale: float = 1.0, position:
 
     `tower` defaults to the hook's tower ("text" for names starting with "text.", else "image").
     """
-    return Edit(site="direction", op="add", layer=layer, value=direction, scale=scale, position=position,
+    return Edit(target="direction", op="add", layer=layer, value=direction, scale=scale, position=position,
                 hook=hook, tower=_tower(hook, tower))
 
 
@@ -46,48 +49,31 @@ def project_out(layer: Optional[int], direction, position: str = "all", hook: Op
     """Edit removing the component along û = direction/‖direction‖: x ← x − scale·(x·û)û.
 
     scale=1 removes it fully; 0 < scale < 1 removes part of it."""
-    return Edit(site="direction", op="project_out", layer=layer, value=direction, scale=scale, position=position,
+    return Edit(target="direction", op="project_out", layer=layer, value=direction, scale=scale, position=position,
                 hook=hook, tower=_tower(hook, tower))
 
 
-def _check_alpha(alpha: float) -> float:
-    if not is_finite_number(alpha):
-        raise EditError(f"alpha must be a finite number (the blend weight of the SAE reconstruction), got {alpha!r}")
-    return float(alpha)
+def modulate_latents(modulation, reference=None, layer: Optional[int] = None, hook: Optional[str] = None,
+                     index=None, position: str = "all", tower: Optional[str] = None) -> Edit:
+    """SEM's latent modulation as an Edit: z' = M ⊙ z + (1 − M) ⊙ m on the latents of the SAE at
+    `blocks.{layer}.hook_resid_post` (or `hook`, e.g. "text.hook_text_embed"), with no error term when applied
+    with alpha=1 (the default of `intervene`).
 
-
-def sae_transform(sae, latent_fn: Callable[[Tensor], Tensor], alpha: float = 1.0) -> Callable[[Tensor], Tensor]:
-    """h [..., d_in] → α·decode(latent_fn(encode(h))) + (1 − α)·h, in h's dtype.
-
-    latent_fn maps latents z [..., d_sae] to edited latents of the same shape. α = 1 replaces h by the
-    edited reconstruction (SEM: no error term); α < 1 keeps part of the original (DebiasLens).
+    modulation: M, [d_sae] (or [len(index)], or a scalar); reference: m, same shapes (default 0, e.g. the
+    latents' median over a neutral set). index: the latents to modulate (default: all of them).
+    Apply with `intervene(model, edit, sae=sae)`; export it like any edit.
     """
-    alpha = _check_alpha(alpha)
-    for attr in ("encode", "decode", "cfg"):
-        if not hasattr(sae, attr):
-            raise TypeError(f"expected a sae_lens SAE (with .encode, .decode, .cfg), got {type(sae).__name__}")
-    d_in, d_sae = int(sae.cfg.d_in), int(sae.cfg.d_sae)
-
-    def transform(h: Tensor) -> Tensor:
-        if h.shape[-1] != d_in:
-            raise ValueError(f"the SAE reads vectors of size d_in={d_in}, but the activations have shape {list(h.shape)}")
-        sae_device = sae.W_dec.device
-        if sae_device != h.device:
-            raise ValueError(f"the SAE is on {sae_device} but the activations are on {h.device}; move it with sae.to(...)")
-        z = latent_fn(sae.encode(h))
-        if z.shape[-1] != d_sae:
-            raise ValueError(f"the latent function must return latents [..., {d_sae}], got {list(z.shape)}")
-        rec = sae.decode(z).to(h.dtype)
-        return rec if alpha == 1.0 else alpha * rec + (1.0 - alpha) * h
-
-    return transform
+    return Edit(target="sae_latent", op="modulate", layer=layer, hook=hook, index=index, value=modulation,
+                reference=reference, position=position, tower=_tower(hook, tower))
 
 
 def _at_positions(transform: Callable[[Tensor], Tensor], position: str) -> HookFn:
-    """Hook fn applying `transform` at position 0 ("cls") or every position ("all") of [b, pos, d];
-    [b, d] hooks (e.g. text.hook_text_embed) are transformed whole."""
-    if position not in POSITIONS:
-        raise EditError(f"unknown position {position!r}; expected one of {list(POSITIONS)}")
+    """Hook fn applying `transform` at position 0 ("pooled", alias "cls") or every position ("all") of
+    [b, pos, d]; [b, d] hooks (e.g. text.hook_text_embed) are transformed whole."""
+    try:
+        position = canonical_position(position)
+    except ValueError as err:
+        raise EditError(str(err)) from None
 
     def hook_fn(x: Tensor, hook=None) -> Tensor:
         if x.ndim == 2 or position == "all":
@@ -101,7 +87,7 @@ def _at_positions(transform: Callable[[Tensor], Tensor], position: str) -> HookF
 
 def sae_blend_hook(sae, latents: Union[int, Sequence[int], Tensor], gamma: float = 0.0, alpha: float = 0.6,
                    position: str = "all") -> HookFn:
-    """DebiasLens (METHODS.md §3): z = encode(h); z[latents] = γ; h' = α·decode(z) + (1 − α)·h.
+    """DebiasLens: z = encode(h); z[latents] = γ; h' = α·decode(z) + (1 − α)·h.
 
     latents: indices into the SAE's d_sae; gamma: the value they are set to (0 for CLIP); alpha: blend
     (paper default 0.6). Returns a hook fn for the SAE's site (e.g. the last block's hook_resid_post).
@@ -127,9 +113,10 @@ def sae_blend_hook(sae, latents: Union[int, Sequence[int], Tensor], gamma: float
 
 
 def sae_modulation_hook(sae, fn: Callable[[Tensor], Tensor], position: str = "all") -> HookFn:
-    """SEM (METHODS.md §2): h' = decode(fn(encode(h))), no error term.
+    """SEM: h' = decode(fn(encode(h))), no error term.
 
-    fn maps latents z [..., d_sae] to modulated latents, e.g. `lambda z: M * z + (1 - M) * median_D`.
+    fn maps latents z [..., d_sae] to modulated latents, e.g. `lambda z: M * z + (1 - M) * median_D`. For that
+    elementwise modulation prefer `modulate_latents`, an Edit that can be exported in a spec.
     """
     if not callable(fn):
         raise TypeError(f"fn must be a callable on latents [..., d_sae], got {type(fn).__name__}")
@@ -137,14 +124,15 @@ def sae_modulation_hook(sae, fn: Callable[[Tensor], Tensor], position: str = "al
 
 
 @contextmanager
-def steer(model, site_hook: str, hook_fn: HookFn) -> Iterator[Any]:
-    """Context manager attaching `hook_fn` at `site_hook`; removed on exit, also after an exception.
+def steer(model, hook_name: str, hook_fn: HookFn) -> Iterator[Any]:
+    """Context manager attaching `hook_fn` at `hook_name`; removed on exit, also after an exception.
 
         with steer(model, "text.hook_text_embed", sae_modulation_hook(sae, modulate)):
             t = model.encode_text(prompts)
     """
-    if site_hook not in model.hook_dict:
-        near = [n for n in model.hook_dict if n.endswith(site_hook.split(".")[-1])][:6]
-        raise EditError(f"no hook point named {site_hook!r} in this model" + (f"; similar: {near}" if near else ""))
-    with model.hooks(fwd_hooks=[(site_hook, hook_fn)]):
+    try:
+        check_hook_name(model, hook_name)
+    except ValueError as err:
+        raise EditError(str(err)) from None
+    with model.hooks(fwd_hooks=[(hook_name, hook_fn)]):
         yield model
