@@ -4,6 +4,7 @@ import torch
 
 from workbench.activations import extract, extract_text
 from workbench.activations.extract import collate_items, plan_batches, sample_indices
+from workbench.models import TruncatedPromptWarning, UnknownWordsWarning
 
 
 def close(actual, expected, atol=1e-5):
@@ -205,3 +206,141 @@ def test_worker_processes_give_the_same_result(tiny, random_images):
     workers = extract(tiny, ds, ["blocks.1.hook_resid_post"], batch_size=4, num_workers=2, progress=False)
     assert torch.equal(workers["blocks.1.hook_resid_post"], single["blocks.1.hook_resid_post"])
     assert torch.equal(workers.labels["group"], single.labels["group"])
+
+
+# ------------------------------------------------------------------ inputs: the image rule (docs/inputs.md)
+class Items(torch.utils.data.Dataset):
+    """The given images with labels y = i % 2; has a `transform` attribute only when one is passed."""
+
+    def __init__(self, images, **transform):
+        self.images = list(images)
+        self.__dict__.update(transform)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        transform = getattr(self, "transform", None)
+        return (transform(self.images[i]) if transform else self.images[i]), {"y": i % 2}
+
+
+def embed(model, dataset, **kwargs):
+    return extract(model, dataset, ["hook_image_embed"], batch_size=2, progress=False, **kwargs)["hook_image_embed"]
+
+
+def unit_images(n, size=32, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_raw_synthsocial_is_preprocessed_by_extract(tiny):
+    from workbench.data import SynthSocial
+
+    raw = SynthSocial("train", n=5)  # 64×64 floats in [0, 1], transform None
+    store = extract(tiny, raw, ["hook_image_embed"], batch_size=2, progress=False)
+    cooked = embed(tiny, SynthSocial("train", n=5, transform=tiny.preprocess))
+    assert torch.equal(store["hook_image_embed"], cooked)  # the same per-item preprocess: the same computation
+    close(store["hook_image_embed"], tiny.encode_image(tiny.preprocess(raw.tensors()[0])).detach())
+    assert store.manifest["dataset"]["preprocessed_by_extract"] == repr(tiny.preprocess)  # part of the cache identity
+    workers = extract(tiny, raw, ["hook_image_embed"], batch_size=2, num_workers=2, progress=False)
+    assert torch.equal(workers["hook_image_embed"], store["hook_image_embed"])
+
+
+def test_pil_and_uint8_items_are_preprocessed_by_extract(tiny):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pils = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 30), (32, 32), (90, 70)]]
+    close(embed(tiny, Items(pils)), tiny.encode_image(tiny.preprocess(pils)).detach())
+    u8 = torch.randint(0, 256, (3, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    close(embed(tiny, Items(u8)), tiny.encode_image(tiny.preprocess(u8.float() / 255)).detach())
+
+
+def test_raw_unit_range_images_without_preprocess_are_refused(tiny):
+    x = unit_images(4)
+    fix = r"give the dataset transform=model.preprocess, or pass preprocess=True"
+    for dataset in (Items(x), Items(x, transform=lambda image: image.clone())):  # no transform / not the model's
+        with pytest.raises(ValueError, match=r"dataset items \[0, 1\) look like raw images in \[0, 1\] that never "
+                                             r"went through the model's preprocess .*" + fix):
+            embed(tiny, dataset)
+    close(embed(tiny, Items(x), preprocess=True), tiny.encode_image(tiny.preprocess(x)).detach())
+    # preprocess=False: the caller vouches they are model inputs; only shape and finiteness are checked
+    close(embed(tiny, Items(x), preprocess=False), tiny.encode_image(x).detach())
+
+
+def test_zero_to_255_images_are_refused_with_the_fix(tiny):
+    x = unit_images(3) * 255
+    with pytest.raises(ValueError, match=r"far outside what the model's preprocess produces .*0–255 pixel values\? "
+                                         r"give the dataset transform=model.preprocess"):
+        embed(tiny, Items(x))
+    with pytest.raises(ValueError, match=r"dataset item 0: preprocess takes float images with values in \[0, 1\].*"
+                                         r"looks like 0–255 pixel values: divide by 255 or pass a uint8 tensor"):
+        embed(tiny, Items(x, transform=None))  # a workbench-style dataset without transform: extract preprocesses
+
+
+def test_wrong_size_model_inputs_are_refused(tiny):
+    with pytest.raises(ValueError, match=r"dataset items \[0, 1\) are torch.float32 images of shape \[3, 64, 64\] "
+                                         r"but the model takes preprocessed float images \[3, 32, 32\]: give the "
+                                         r"dataset transform=model.preprocess"):
+        embed(tiny, Items(torch.randn(2, 3, 64, 64)))
+
+
+def test_nan_items_are_named(tiny):
+    x = torch.randn(5, 3, 32, 32)
+    x[3, 1, 2, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"dataset items \[2, 4\) contain 1 NaN and 0 inf values.*NaN/inf at "
+                                         r"dataset item\(s\) \[3\]"):
+        embed(tiny, Items(x))
+    raw = unit_images(4)
+    raw[2, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"dataset item 2: the images given to preprocess contain 0 NaN and 1 inf"):
+        embed(tiny, Items(raw, transform=None))
+
+
+def test_preprocess_argument_and_transform_conflicts(tiny):
+    from PIL import Image
+
+    from workbench.models import Preprocess
+
+    with pytest.raises(ValueError, match=r"another model's preprocess \(Preprocess\(size=\(64, 64\).*give the "
+                                         r"dataset transform=model.preprocess"):
+        embed(tiny, Items(unit_images(2, 64), transform=Preprocess((64, 64))))
+    with pytest.raises(ValueError, match="preprocess=True would apply the model's preprocess twice"):
+        embed(tiny, Items(unit_images(2), transform=tiny.preprocess), preprocess=True)
+    with pytest.raises(TypeError, match="preprocess=False says the dataset yields model inputs, but its items are "
+                                        "PIL images"):
+        embed(tiny, Items([Image.new("RGB", (32, 32))]), preprocess=False)
+    with pytest.raises(ValueError, match=r"preprocess must be None \(decide from the dataset\), True or False"):
+        embed(tiny, Items(unit_images(2)), preprocess="yes")
+
+
+# ------------------------------------------------------------------ inputs: prompts
+def test_extract_text_refuses_overlong_prompts_before_any_forward(tiny, count_forwards):
+    prompts = ["a doctor", " ".join(["a"] * 11)]  # 13 tokens, context 12
+    with count_forwards(tiny, tower="text") as sizes:
+        with pytest.raises(ValueError, match=r"1 prompt\(s\) exceed the model's context of 12 tokens.*\(13 tokens\)"):
+            extract_text(tiny, prompts, "text.hook_text_embed", progress=False)
+    assert sizes == []
+    with pytest.warns(TruncatedPromptWarning) as caught:
+        store = extract_text(tiny, prompts, "text.hook_text_embed", batch_size=1, truncate=True, progress=False)
+    assert len(caught) == 1  # one warning per call, not per batch
+    with pytest.warns(TruncatedPromptWarning):
+        close(store["text.hook_text_embed"], tiny.encode_text(prompts, truncate=True).detach())
+
+
+def test_extract_text_refuses_non_strings(tiny):
+    with pytest.raises(TypeError, match=r"prompts must be a string or a list of strings.*got dict; a dict would be "
+                                        r"encoded by its keys"):
+        extract_text(tiny, {"a doctor": 0}, "text.hook_text_embed", progress=False)
+    with pytest.raises(TypeError, match=r"item 1 of the list is NoneType"):
+        extract_text(tiny, ["a doctor", None], "text.hook_text_embed", progress=False)
+
+
+def test_extract_text_warns_once_about_unknown_words():
+    from workbench.models import load_clip
+
+    shipped = load_clip("synthsocial")
+    with pytest.warns(UnknownWordsWarning, match=r"1 word\(s\) in the 5 prompt\(s\).*: 'zebra'\.") as caught:
+        extract_text(shipped, ["a photo of a zebra"] * 4 + ["a nurse"], "text.hook_text_embed", batch_size=2,
+                     progress=False)
+    assert len(caught) == 1

@@ -124,17 +124,17 @@ class Preprocess:
         check_finite(image, "the images given to preprocess")
         lo, hi = torch.aminmax(image) if image.numel() else (torch.tensor(0.0), torch.tensor(0.0))
         lo, hi = float(lo), float(hi)
-        if hi > 1 + RANGE_TOLERANCE:
-            hint = ("looks like 0–255 pixel values: divide by 255 or pass a uint8 tensor" if lo >= 0 and hi <= 255
-                    else "not an image in [0, 1]")
-            raise ValueError(f"preprocess takes float images with values in [0, 1], got values in [{lo:.3g}, {hi:.3g}]: "
-                             f"{hint}")
         if lo < -RANGE_TOLERANCE:
             raise ValueError(
                 f"preprocess takes float images with values in [0, 1], got values in [{lo:.3g}, {hi:.3g}]: negative "
                 "values look like an image that was normalised already; pass the raw image, or give an already "
                 "preprocessed batch to the model directly"
             )
+        if hi > 1 + RANGE_TOLERANCE:
+            hint = ("looks like 0–255 pixel values: divide by 255 or pass a uint8 tensor" if hi <= 255
+                    else "values above 255 are no pixel values")
+            raise ValueError(f"preprocess takes float images with values in [0, 1], got values in [{lo:.3g}, {hi:.3g}]: "
+                             f"{hint}")
         x = image if image.ndim == 4 else image[None]
         if tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bicubic", antialias=True, align_corners=False)
