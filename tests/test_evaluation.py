@@ -56,25 +56,40 @@ def test_embed_images_runs_under_the_models_hooks(model, gallery, embeddings):
     assert (ablated - embeddings).abs().max() > 1e-3
 
 
+def test_embed_images_takes_uint8_images_like_preprocess(model, gallery):
+    quantised = (gallery[0][:8] * 255).round().to(torch.uint8)
+    _close(embed_images(model, quantised), embed_images(model, quantised.float() / 255))
+
+
 def test_embed_images_refuses_bad_input(model, gallery):
+    """Tensor images follow the one image rule of model.preprocess (docs/inputs.md); its messages say why."""
     images = gallery[0][:4]
-    with pytest.raises(ValueError, match=r"values in \[0, 1\] \(embed_images applies model.preprocess itself\), got "
-                                         r"values in \[-\d.*not already preprocessed ones"):
+    with pytest.raises(ValueError, match=r"negative values look like an image that was normalised already"):
         embed_images(model, model.preprocess(images))
-    with pytest.raises(ValueError, match=r"must have values in \[0, 1\].*\(or images scaled to 0–255\)"):
+    with pytest.raises(ValueError, match=r"looks like 0–255 pixel values"):
         embed_images(model, images * 255)
-    with pytest.raises(ValueError, match="images contain NaN or inf values"):
+    with pytest.raises(ValueError, match=r"contain 12288 NaN and 0 inf values \(1 of 4 images\)"):
         embed_images(model, images.clone().index_fill_(0, torch.tensor([1]), float("nan")))
     with pytest.raises(ValueError, match=r"images must be a tensor \[n, 3, H, W\], got shape \(3, 64, 64\)"):
         embed_images(model, images[0])
-    with pytest.raises(ValueError, match="images must be float with values in \\[0, 1\\], got dtype torch.uint8"):
-        embed_images(model, (images * 255).to(torch.uint8))
     with pytest.raises(ValueError, match="no images to embed: the gallery is empty"):
         embed_images(model, images[:0])
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         embed_images(model, images, batch_size=0)
     with pytest.raises(TypeError, match="needs an image tensor \\[n, 3, H, W\\] or a dataset, got int"):
         embed_images(model, 3)
+
+
+def test_input_batches_preprocess_a_raw_dataset_once(model, gallery):
+    from workbench.evaluation import input_batches
+
+    raw = SynthSocial("test_balanced", seed=2, n=128)
+    batches = list(input_batches(model, raw, batch_size=100))
+    assert [len(x) for x, _ in batches] == [100, 28]
+    torch.testing.assert_close(torch.cat([x for x, _ in batches]), model.preprocess(gallery[0]))
+    assert torch.equal(torch.cat([y["gender"] for _, y in batches]), gallery[1]["gender"])
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got -1"):
+        input_batches(model, raw, batch_size=-1)
 
 
 # ---------------------------------------------------------------------------------------------- retrieval_report

@@ -12,13 +12,13 @@ Both run under whatever hooks are active on the model, so they measure an interv
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["embed_images", "retrieval_report", "query_prompts"]
+__all__ = ["embed_images", "input_batches", "retrieval_report", "query_prompts"]
 
 Queries = Union[Mapping[Union[str, int], str], Sequence[str]]
 
@@ -29,33 +29,24 @@ def _check_batch_size(batch_size) -> int:
     return batch_size
 
 
-def _check_raw_images(images: Tensor) -> None:
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be a tensor [n, 3, H, W], got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise ValueError(f"images must be float with values in [0, 1], got dtype {images.dtype}")
-    if len(images) and not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or inf values")
-    if len(images) and (images.min() < 0 or images.max() > 1):
-        raise ValueError(f"images must have values in [0, 1] (embed_images applies model.preprocess itself), got "
-                         f"values in [{images.min().item():.3g}, {images.max().item():.3g}]: pass raw images, "
-                         "not already preprocessed ones (or images scaled to 0–255)")
-
-
 @torch.no_grad()
 def embed_images(model, images, batch_size: int = 256) -> Tensor:
     """Gallery → L2-normalised image embeddings float32 [n, d_embed] on the CPU.
 
-    images: raw images, a float tensor [n, 3, H, W] in [0, 1] (`model.preprocess` is applied here), or a
-    dataset yielding `(image, labels)` items: raw images (tensors in [0, 1] or PIL) get `model.preprocess`;
-    a dataset built with `transform=model.preprocess` is used as it is.
+    images: raw images as a tensor [n, 3, H, W] (float in [0, 1] or uint8), which `model.preprocess`
+    checks and normalises here; or a dataset yielding `(image, labels)`, read by the same rule as
+    `extract` (raw images are preprocessed, a dataset with `transform=model.preprocess` is used as it is;
+    docs/inputs.md).
     """
     batch_size = _check_batch_size(batch_size)
     if isinstance(images, Tensor):
-        _check_raw_images(images)
+        if images.ndim != 4:
+            raise ValueError(f"images must be a tensor [n, 3, H, W], got shape {tuple(images.shape)}")
         batches = (model.preprocess(images[i:i + batch_size]) for i in range(0, len(images), batch_size))
     elif hasattr(images, "__getitem__") and hasattr(images, "__len__"):
-        batches = _dataset_batches(model, images, batch_size)
+        if len(images) == 0:
+            raise ValueError("no images to embed: the dataset is empty")
+        batches = (x for x, _ in input_batches(model, images, batch_size))
     else:
         raise TypeError(f"embed_images needs an image tensor [n, 3, H, W] or a dataset, got {type(images).__name__}")
     out = [model.encode_image(x.to(model.device), normalize=True).float().cpu() for x in batches]
@@ -64,17 +55,18 @@ def embed_images(model, images, batch_size: int = 256) -> Tensor:
     return torch.cat(out)
 
 
-def _dataset_batches(model, dataset, batch_size: int):
-    preprocessed = getattr(dataset, "transform", None) is model.preprocess
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))]
-        if preprocessed:
-            yield torch.stack(items)
-            continue
-        for image in items:
-            if isinstance(image, Tensor):
-                _check_raw_images(image[None])
-        yield torch.stack([model.preprocess(image) for image in items])
+def input_batches(model, dataset, batch_size: int = 256) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
+    """A dataset → batches of model inputs `(images [b, 3, H, W], {label: LongTensor [b]})`, in order.
+
+    The same image rule as `extract` (docs/inputs.md): raw images (PIL, uint8, float in [0, 1] from a
+    dataset without a transform) go through `model.preprocess`; a dataset whose transform is
+    `model.preprocess` is used as it is; anything else is checked as model input."""
+    from workbench.activations.sources import ImageSource
+
+    batch_size = _check_batch_size(batch_size)
+    source = ImageSource(model, dataset)
+    plan = [(a, min(a + batch_size, source.n)) for a in range(0, source.n, batch_size)]
+    return source.batches(plan)  # checked above, before the first batch is read
 
 
 def query_prompts(queries: Queries, classes: Sequence[str], target: str) -> tuple[list[str], list[int]]:

@@ -8,6 +8,7 @@ from workbench.methods.expert_heads import (
     bias_attribution,
     expert_heads,
     measured_skew,
+    neutral_prototype_intervention,
     top_heads,
 )
 from workbench.models import load_clip
@@ -128,6 +129,14 @@ def test_the_intervention_replaces_the_selected_heads_with_the_neutral_prototype
         assert e.op == "replace"
         neutral = (protos[0][(e.layer, e.head)] + protos[1][(e.layer, e.head)]) / 2
         torch.testing.assert_close(e.value, neutral, rtol=1e-5, atol=1e-5 * neutral.abs().max().item())
+
+
+def test_a_raw_reference_set_gives_the_same_prototypes(model, reference, found):
+    """A dataset without a transform is preprocessed by the same rule as extract, not fed raw."""
+    raw = SynthSocial("test_balanced", seed=1, n=256)
+    intervention, _ = neutral_prototype_intervention(model, raw, "gender", found.heads)
+    for mine, theirs in zip(intervention, found.intervention):
+        torch.testing.assert_close(mine.value, theirs.value, rtol=1e-5, atol=1e-5 * theirs.value.abs().max().item())
 
 
 def test_table_and_spec(model, found):

@@ -32,8 +32,9 @@ TOP_K = 3
 
 
 def head_contributions(model, reference, batch_size: int = 128, progress: bool = True):
-    """One pass over `reference` (a dataset of preprocessed images with labels) → an ActivationStore with
-    "head_contributions" [n, L, H, d_embed] and "hook_image_embed" [n, d_embed] (unnormalised)."""
+    """One pass over `reference` (a labelled dataset, raw or preprocessed, as `extract` takes it) → an
+    ActivationStore with "head_contributions" [n, L, H, d_embed] and "hook_image_embed" [n, d_embed]
+    (unnormalised)."""
     from workbench.activations import extract
 
     return extract(model, reference, ["head_contributions", "hook_image_embed"], batch_size=batch_size,
@@ -124,12 +125,13 @@ def top_heads(scores: Tensor, k: int = TOP_K) -> list[Head]:
 def neutral_prototype_intervention(model, reference, attribute: str, heads: Sequence[Head],
                                    batch_size: int = 128):
     """Replace each head's pooled-token write with its neutral prototype (the mean of the per-class means
-    of `attribute` over `reference`). Returns (Intervention, Prototypes)."""
-    from workbench.data import collate_labeled
+    of `attribute` over `reference`, a labelled dataset read like `extract` reads it). Returns
+    (Intervention, Prototypes)."""
+    from workbench.evaluation import input_batches
     from workbench.primitives import ablate_heads, class_prototypes
 
-    loader = torch.utils.data.DataLoader(reference, batch_size=batch_size, collate_fn=collate_labeled)
-    prototypes = class_prototypes(model, loader, attribute, heads=list(heads))
+    batches = input_batches(model, reference, batch_size)  # raw images preprocessed, as extract does
+    prototypes = class_prototypes(model, batches, attribute, heads=list(heads))
     return ablate_heads(list(heads), op="replace", value=prototypes["neutral"]), prototypes
 
 
@@ -172,8 +174,8 @@ def expert_heads(model, reference, queries: Sequence[str], attribute: str = "gen
                  progress: bool = True) -> ExpertHeads:
     """Find the k heads that carry `attribute` into retrieval for `queries` and neutralise them.
 
-    reference: a dataset yielding (preprocessed image, {label: int}) with `attribute` (0/1) and `target`
-    labels; queries: one prompt per `target` class, in class-code order; skew [Q] (±1): the group each
+    reference: a dataset yielding (image, {label: int}) with `attribute` (0/1) and `target` labels, raw
+    or with `transform=model.preprocess` (the rule of `extract`, docs/inputs.md); queries: one prompt per `target` class, in class-code order; skew [Q] (±1): the group each
     query favours, default measured on `reference` (`measured_skew`).
     """
     from workbench.probes import probe
