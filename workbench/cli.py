@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="end-to-end tour on the embedded default")
-    p.add_argument("--out", default="runs/demo", help="where to write the exported intervention spec and figures")
+    p.add_argument("--out", default="runs/demo", help="folder for summary.json, the exported intervention spec and "
+                   "a figure (checked to be writable before any work)")
     p.add_argument("--quick", action="store_true", help="fewer images (for smoke tests)")
     p.set_defaults(func=cmd_demo)
 
