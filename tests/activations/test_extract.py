@@ -243,6 +243,8 @@ def test_raw_synthsocial_is_preprocessed_by_extract(tiny):
     assert store.manifest["dataset"]["preprocessed_by_extract"] == repr(tiny.preprocess)  # part of the cache identity
     workers = extract(tiny, raw, ["hook_image_embed"], batch_size=2, num_workers=2, progress=False)
     assert torch.equal(workers["hook_image_embed"], store["hook_image_embed"])
+    subset = embed(tiny, torch.utils.data.Subset(raw, [3, 1]))  # the transform is looked up through Subset
+    close(subset, cooked[[3, 1]])
 
 
 def test_pil_and_uint8_items_are_preprocessed_by_extract(tiny):

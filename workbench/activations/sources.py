@@ -15,7 +15,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from workbench.models.preprocess import Preprocess, check_finite
 from workbench.models.tokenize import check_lengths, prompt_list, unknown_words, warn_unknown_words
@@ -131,6 +131,13 @@ class _Preprocessed(Dataset):
                           "images; pass preprocess=False if its items are model inputs already)") from None
 
 
+def transform_of(dataset):
+    """The dataset's `transform` attribute, looking through `torch.utils.data.Subset` wrappers."""
+    while isinstance(dataset, Subset) and not hasattr(dataset, "transform"):
+        dataset = dataset.dataset
+    return getattr(dataset, "transform", _NO_ATTRIBUTE)
+
+
 def _is_models_preprocess(model, transform) -> bool:
     return transform is model.preprocess or (isinstance(model.preprocess, Preprocess)
                                              and model.preprocess.same_as(transform))
@@ -142,7 +149,7 @@ def decide_preprocess(model, dataset, image, preprocess: Optional[bool]) -> bool
     `image` is the dataset's first image; `preprocess` the caller's choice (None: decide)."""
     if preprocess not in (None, True, False):
         raise ValueError(f"preprocess must be None (decide from the dataset), True or False, got {preprocess!r}")
-    transform = getattr(dataset, "transform", _NO_ATTRIBUTE)
+    transform = transform_of(dataset)
     if isinstance(transform, Preprocess) and not _is_models_preprocess(model, transform):
         raise ValueError(f"the dataset's transform is another model's preprocess ({transform!r}); this model needs "
                          f"{model.preprocess!r}: give the dataset transform=model.preprocess")
@@ -209,7 +216,7 @@ class ImageSource:
         self.model, self.dataset, self.num_workers, self.dataset_id = model, dataset, num_workers, dataset_id
         image, _ = _split_item(dataset[0], 0)
         self.apply_preprocess = decide_preprocess(model, dataset, image, preprocess)
-        self.trusted = preprocess is False or _is_models_preprocess(model, getattr(dataset, "transform", None))
+        self.trusted = preprocess is False or _is_models_preprocess(model, transform_of(dataset))
         self._loaded = _Preprocessed(dataset, model.preprocess) if self.apply_preprocess else dataset
 
     def describe(self) -> dict:
