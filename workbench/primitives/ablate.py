@@ -24,6 +24,7 @@ from workbench.models.hook_names import act_name, canonical_position, hook_tower
 from .compile import edits_to_hooks
 from .edit import Edit
 from .errors import EditError
+from .spec import InterventionSpec
 from .values import canonical_index
 
 __all__ = [
@@ -73,8 +74,6 @@ class Intervention:
 
     def to_spec(self, model, **kwargs):
         """An `InterventionSpec` for `model` holding these edits (kwargs: sae, alpha, provenance fields)."""
-        from .spec import InterventionSpec
-
         return InterventionSpec.from_edits(model, self.edits, **kwargs)
 
 
