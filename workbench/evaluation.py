@@ -81,7 +81,8 @@ def query_prompts(queries: Queries, classes: Sequence[str], target: str) -> tupl
                     raise ValueError(f"query class {key!r} is not a {target!r} class; classes: {list(classes)}")
                 key = classes.index(key)
             elif isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < len(classes):
-                raise ValueError(f"query key {key!r} must be a {target!r} class name or a code in 0..{len(classes) - 1}")
+                raise ValueError(f"query key {key!r} must be a {target!r} class name or a code in "
+                                 f"0..{len(classes) - 1}")
             codes.append(key)
             prompts.append(prompt)
     else:

@@ -26,7 +26,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repository root, when run as a script
 
-from tests.golden.golden import DEMO_JSON, DEMO_PROTOTYPES, DECOMPOSITION, golden_batch_uint8  # noqa: E402
+from tests.golden.golden import DECOMPOSITION, DEMO_JSON, DEMO_PROTOTYPES, golden_batch_uint8
 
 
 def versions() -> dict:

@@ -1,8 +1,7 @@
 """Methods by name: register, look up (with a close-match hint), list, and resolve a spec's method."""
 import pytest
 
-from workbench.methods import get_method, list_methods, method_for_spec, register_method
-from workbench.methods import registry
+from workbench.methods import get_method, list_methods, method_for_spec, register_method, registry
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ Each method is a thin composition of the layers below it (activations, probes, p
 it never re-implements a forward pass, a probe or a metric, and its result is a list of edits that
 exports as an `InterventionSpec`.
 """
+from . import expert_heads  # noqa: F401  (registers "expert_heads"; the module keeps its name here)
 from .registry import get_method, list_methods, method_for_spec, register_method
-from . import expert_heads  # noqa: E402,F401  (registers "expert_heads"; the module keeps its name here)
 
 __all__ = ["register_method", "get_method", "list_methods", "method_for_spec"]

@@ -175,8 +175,9 @@ def expert_heads(model, reference, queries: Sequence[str], attribute: str = "gen
     """Find the k heads that carry `attribute` into retrieval for `queries` and neutralise them.
 
     reference: a dataset yielding (image, {label: int}) with `attribute` (0/1) and `target` labels, raw
-    or with `transform=model.preprocess` (the rule of `extract`, docs/inputs.md); queries: one prompt per `target` class, in class-code order; skew [Q] (±1): the group each
-    query favours, default measured on `reference` (`measured_skew`).
+    or with `transform=model.preprocess` (the rule of `extract`, docs/inputs.md).
+    queries: one prompt per `target` class, in class-code order.
+    skew [Q] (±1): the group each query favours; default measured on `reference` (`measured_skew`).
     """
     from workbench.probes import probe
 
