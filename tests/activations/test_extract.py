@@ -128,6 +128,14 @@ def test_text_position_all(tiny):
     close(store["text.blocks.0.attn.hook_z"], cache["text.blocks.0.attn.hook_z"])
 
 
+def test_cls_is_an_alias_of_pooled(tiny):
+    prompts = ["a cat", "a photo of a dog"]
+    pooled = extract_text(tiny, prompts, "text.blocks.1.hook_resid_post", position="pooled", progress=False)
+    cls = extract_text(tiny, prompts, "text.blocks.1.hook_resid_post", position="cls", progress=False)
+    assert cls.position == pooled.position == "pooled"  # stored under the canonical name
+    assert torch.equal(cls["text.blocks.1.hook_resid_post"], pooled["text.blocks.1.hook_resid_post"])
+
+
 # ------------------------------------------------------------------ helpers
 def test_plan_batches_never_straddle_shards():
     assert plan_batches(0, 23, 5, 10) == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
