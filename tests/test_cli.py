@@ -40,4 +40,13 @@ def test_demo_refuses_an_output_path_that_is_a_file(tmp_path, capsys):
     assert target.read_text() == "{}"  # untouched
 
 
+def test_train_toy_checks_its_output_folder_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["train-toy", "--steps", "1", "--out", str(blocker / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert "workbench train-toy: error: cannot write to the train-toy output folder" in captured.err
+
+
 # The demo's end-to-end run (outputs, spec, metrics against golden values) is tests/golden/test_demo_golden.py.

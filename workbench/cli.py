@@ -51,11 +51,13 @@ def cmd_train_toy(args) -> int:
     from pathlib import Path
 
     from workbench.embedded import TrainConfig, train_toy
+    from workbench.files import check_writable_dir
     from workbench.models.loading import PRETRAINED_DIR
 
+    out_dir = check_writable_dir(Path(args.out) if args.out else PRETRAINED_DIR, "train-toy output folder")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, n_train=args.n_train,
                       threads=args.threads)
-    result = train_toy(cfg, out_dir=Path(args.out) if args.out else PRETRAINED_DIR)
+    result = train_toy(cfg, out_dir=out_dir)  # the folder is checked before minutes of training
     print(json.dumps(result, indent=2))
     return 0
 
