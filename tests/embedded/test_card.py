@@ -24,13 +24,16 @@ def test_the_embedded_model_is_listed_and_loads_offline():
 
 
 def test_card_reproduces_the_shipped_card(card):
-    """`workbench card` measures the numbers shipped in synthsocial.card.json (rounded to 4 digits there;
-    1.5e-4 allows a rounding boundary crossed by fp32 noise, not one image changing class)."""
+    """`workbench card` measures the numbers shipped in synthsocial.card.json (rounded to 4 digits there).
+
+    These are rankings, counts and a fitted probe's predictions: under another torch / BLAS release a
+    near-tie (~1e-6) can swap two images or flip one prediction (1/1024 of an accuracy), so 2e-3 absolute;
+    a real change of the model or the protocol moves them by far more."""
     shipped = json.loads((PRETRAINED_DIR / "synthsocial.card.json").read_text())["card"]
     assert set(card) == set(shipped)
     assert card["dataset"] == shipped["dataset"]
     for key in set(card) - {"dataset"}:
-        assert card[key] == pytest.approx(shipped[key], abs=1.5e-4), key
+        assert card[key] == pytest.approx(shipped[key], abs=2e-3), key
 
 
 def test_zero_shot_occupation_accuracy(card):

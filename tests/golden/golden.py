@@ -12,6 +12,11 @@ DEMO_JSON = HERE / "demo.json"
 DEMO_PROTOTYPES = HERE / "demo_prototypes.safetensors"
 REGENERATE = "python3 tests/golden/regenerate.py"
 RTOL = 1e-5  # fp32: a fresh install may resolve another torch / BLAS, so no comparison is bit-exact
+# Metrics computed from rankings or counts (NDKL, MaxSkew, accuracy) do not move continuously: another
+# BLAS can swap two images whose similarities tie to ~1e-6, which moves such a metric by ~1e-4, and one
+# flipped prediction moves accuracy by 1/1024. So they are compared to an absolute 2e-3 (the demo's NDKL
+# drop it guards is 0.0126).
+RANK_ATOL = 2e-3
 
 
 def golden_batch_uint8() -> torch.Tensor:
