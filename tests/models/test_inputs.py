@@ -209,6 +209,11 @@ def test_context_boundary(model):
     assert model.tokenize(fits)[0, -1] == model.tokenizer.eot_token_id
     with pytest.raises(ValueError, match=r"1 prompt\(s\) exceed the model's context of 12 tokens.*\(13 tokens\)"):
         model.tokenize([fits, over])
+    with pytest.raises(ValueError, match=r"context of 12 tokens"):
+        model.run_with_cache(text=[over])
+    with pytest.warns(TruncatedPromptWarning, match=r"cut 1 prompt\(s\)"):
+        embed, _ = model.run_with_cache(text=[over], truncate=True)
+    assert_fp32_close(embed, model.encode_text(model.tokenizer([over], context_length=12)))  # open_clip's cut
 
 
 def test_length_check_with_a_hugging_face_style_tokenizer():
