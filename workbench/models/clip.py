@@ -155,6 +155,33 @@ class HookedCLIP(HookedRootModule):
             self._fingerprint = (state, h.hexdigest())
         return self._fingerprint[1]
 
+    # ------------------------------------------------------------------ spliced SAEs (see splice.py)
+    def add_sae(self, sae, site: Optional[str] = None, use_error_term: bool = False, strict: bool = True) -> str:
+        """Splice a sae_lens SAE at `site` (default: the site its metadata records): `{site}.hook_sae_input`,
+        `hook_sae_acts_pre`, `hook_sae_acts_post`, `hook_sae_recons`, `hook_sae_error`, `hook_sae_output` become
+        hook points. use_error_term=True keeps the output exact until they are edited. Returns the site."""
+        from .splice import add_sae
+
+        return add_sae(self, sae, site=site, use_error_term=use_error_term, strict=strict)
+
+    def saes(self, *saes, use_error_term: bool = False, strict: bool = True):
+        """Context manager splicing SAEs (or (sae, site) pairs) for the block: `with model.saes(sae): ...`."""
+        from .splice import saes as splice_saes
+
+        return splice_saes(self, *saes, use_error_term=use_error_term, strict=strict)
+
+    def remove_saes(self, sites=None) -> list:
+        """Remove the SAEs spliced at `sites` (a name, a list, default all); returns them."""
+        from .splice import remove_saes
+
+        return remove_saes(self, sites)
+
+    def spliced_saes(self) -> dict:
+        """{site: sae} for the SAEs spliced into the model."""
+        from .splice import spliced_saes
+
+        return spliced_saes(self)
+
     def summary(self) -> str:
         lines = [f"HookedCLIP {self.name!r} (pretrained={self.pretrained!r}) on {self.device}",
                  f"  image: {self.visual!r}"]
