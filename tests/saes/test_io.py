@@ -1,0 +1,140 @@
+"""save_sae / load_sae: sae_lens's own format with the workbench metadata, checks against the model, names."""
+import copy
+import json
+
+import pytest
+import torch
+
+from tests.models.archs import build_pair
+from tests.primitives.conftest import random_sae
+from workbench.saes import (SAELoadError, SAEMismatchError, SAEMismatchWarning, SpliceError, load_sae,
+                            read_sae_config, resolve_sae_path, save_sae, shipped_dir, shipped_saes)
+from workbench.saes.presets import SHIPPED
+
+SITE = "blocks.2.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return copy.deepcopy(build_pair("wb-tiny")[1])
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    sae = random_sae(64, 96, seed=3)
+    return sae, save_sae(sae, tmp_path / "sae", model=model, site=SITE, trained_tokens=1234)
+
+
+def test_saved_folder_is_sae_lens_format_with_workbench_metadata(model, saved):
+    sae, path = saved
+    assert sorted(p.name for p in path.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    meta = json.loads((path / "cfg.json").read_text())["metadata"]
+    assert meta["hook_name"] == SITE and meta["workbench_tower"] == "image"
+    assert meta["workbench_model_fingerprint"] == model.fingerprint() and meta["model_name"] == "wb-tiny"
+    assert meta["trained_tokens"] == 1234
+    assert sae.cfg.metadata.hook_name == SITE  # the in-memory SAE knows its site too
+
+
+def test_sae_lens_opens_the_files_unchanged(saved):
+    from sae_lens import SAE
+
+    sae, path = saved
+    other = SAE.load_from_disk(str(path))
+    assert type(other) is type(sae)
+    for k, v in sae.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v), k
+    h = torch.randn(5, 64)
+    assert torch.equal(other.encode(h), sae.encode(h))
+    assert other.cfg.metadata.hook_name == SITE
+
+
+def test_load_sae_checks_and_returns_the_same_sae(model, saved):
+    sae, path = saved
+    loaded = load_sae(path, model=model)
+    h = torch.randn(4, 17, 64)
+    assert torch.equal(loaded.decode(loaded.encode(h)), sae.decode(sae.encode(h)))
+    assert not loaded.training and loaded.cfg.metadata.hook_name == SITE
+    assert read_sae_config(path)["d_sae"] == 96
+
+
+def test_training_sae_is_saved_as_its_inference_sae(model, tmp_path):
+    from sae_lens import SAE, StandardTrainingSAE, StandardTrainingSAEConfig
+
+    torch.manual_seed(0)
+    tsae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=32, d_sae=40))
+    path = save_sae(tsae, tmp_path / "t", model=model, site="hook_image_embed")
+    loaded = SAE.load_from_disk(str(path))
+    assert type(loaded).__name__ == "StandardSAE"
+    h = torch.randn(3, 32)
+    assert torch.equal(loaded.encode(h), tsae.encode(h))
+    assert load_sae(path, model=model).cfg.metadata.workbench_tower == "image"
+
+
+def test_other_weights_are_refused_naming_both_fingerprints_and_the_override(model, saved):
+    _, path = saved
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.visual.proj.add_(1.0)
+    with pytest.raises(SAEMismatchError, match=r"trained on a model with fingerprint [0-9a-f]{12}…, but this model "
+                                               r"'wb-tiny' has [0-9a-f]{12}….*strict=False"):
+        load_sae(path, model=other)
+    with pytest.warns(SAEMismatchWarning, match="fingerprint"):
+        assert load_sae(path, model=other, strict=False) is not None
+
+
+def test_another_site_is_refused_naming_both_sites(model, saved):
+    _, path = saved
+    with pytest.raises(SAEMismatchError, match=r"trained at 'blocks.2.hook_resid_post', not "
+                                               r"'blocks.1.hook_resid_post'.*strict=False"):
+        load_sae(path, model=model, site="blocks.1.hook_resid_post")
+    with pytest.warns(SAEMismatchWarning):
+        sae = load_sae(path, model=model, site="blocks.1.hook_resid_post", strict=False)
+    assert sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+
+
+def test_a_site_of_another_width_is_refused_even_when_relaxed(model, saved):
+    _, path = saved
+    with pytest.warns(SAEMismatchWarning), pytest.raises(SpliceError, match=r"d_in=64, but 'hook_image_embed' has "
+                                                                           r"width 32"):
+        load_sae(path, model=model, site="hook_image_embed", strict=False)
+    with pytest.raises(SAEMismatchError, match="no hook point named 'blocks.7.hook_resid_post'"):
+        load_sae(path, model=model, site="blocks.7.hook_resid_post")
+
+
+def test_missing_and_malformed_saes_are_specific_errors(tmp_path):
+    with pytest.raises(SAELoadError, match=r"no SAE at 'synthsocial/nope': not a folder with cfg.json, and not a "
+                                           r"shipped name \(shipped: "):
+        load_sae("synthsocial/nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SAELoadError, match="is not a saved SAE: it has no cfg.json"):
+        load_sae(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "cfg.json").write_text("{not json")
+    with pytest.raises(SAELoadError, match="cannot read .*cfg.json"):
+        load_sae(bad)
+    (bad / "cfg.json").write_text('{"d_in": 4, "d_sae": 8, "architecture": "standard"}')
+    with pytest.raises(SAELoadError, match="has a cfg.json but no sae_weights.safetensors"):
+        load_sae(bad)
+    with pytest.raises(TypeError, match="expected a path or a shipped SAE name"):
+        resolve_sae_path(3)
+
+
+def test_save_refuses_an_sae_without_site_and_unserialisable_metadata(model, tmp_path):
+    sae = random_sae(64, 8)
+    with pytest.raises(ValueError, match=r"does not record its site .*pass site="):
+        save_sae(sae, tmp_path / "a")
+    with pytest.raises(ValueError, match="metadata 'x' must be JSON-serialisable"):
+        save_sae(sae, tmp_path / "a", site=SITE, x=float("nan"))
+    with pytest.raises(ValueError, match="cannot record site 'blocks.9.hook_resid_post'"):
+        save_sae(sae, tmp_path / "a", model=model, site="blocks.9.hook_resid_post")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        save_sae(sae, tmp_path / "file", site=SITE)
+
+
+def test_shipped_names_resolve_to_the_shipped_folder():
+    names = shipped_saes()
+    assert set(names) <= set(SHIPPED)
+    for name in names:
+        assert resolve_sae_path(name) == shipped_dir() / name
