@@ -1,0 +1,105 @@
+"""Named SAE settings: the papers' recipes ("debiaslens", "sem") and the recipes of the SAEs shipped in `saes/`.
+
+An architecture preset fills in what `train_sae` leaves unset (architecture, width, k, prefix fractions,
+auxiliary loss, learning rate); anything passed explicitly wins. A shipped recipe names everything needed to
+re-train one shipped SAE: model, data, site, preset, steps (`workbench sae train --preset NAME`).
+
+How each preset maps onto sae_lens, and where it differs from the paper's own code: docs/saes.md.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+__all__ = ["SAEPreset", "PRESETS", "get_preset", "ShippedRecipe", "SHIPPED", "get_recipe"]
+
+
+@dataclass(frozen=True)
+class SAEPreset:
+    """Settings of one SAE recipe. `lr=None` means DebiasLens's rule 2e-4 / sqrt(d_sae / 2**14)."""
+
+    name: str
+    architecture: str
+    expansion: int
+    k: Optional[float] = None
+    matryoshka_fractions: Optional[tuple[float, ...]] = None  # group sizes as fractions of d_sae (sum ≤ 1)
+    aux_coefficient: Optional[float] = None
+    l1_coefficient: Optional[float] = None
+    lr: Optional[float] = None
+    k_per_d_in: Optional[float] = None  # k as a fraction of d_in (MSAE's levels scale with the width)
+    description: str = ""
+
+    def resolve_k(self, d_in: int) -> Optional[float]:
+        if self.k_per_d_in is not None:
+            return max(1, int(round(self.k_per_d_in * d_in)))
+        return self.k
+
+    def resolve_lr(self, d_sae: int) -> float:
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
+
+
+PRESETS: dict[str, SAEPreset] = {
+    "debiaslens": SAEPreset(
+        name="debiaslens", architecture="matryoshka_batchtopk", expansion=8, k=20,
+        matryoshka_fractions=(1 / 16, 1 / 8, 1 / 4, 9 / 16), aux_coefficient=0.03,
+        description="DebiasLens: Matryoshka BatchTopK, k = 20 on average, ×8, groups 1/16, 1/8, 1/4, 9/16 of "
+                    "d_sae (prefixes 1/16, 3/16, 7/16, 1), aux-K 0.03, lr 2e-4/√(d_sae/2^14)"),
+    "sem": SAEPreset(
+        name="sem", architecture="topk", expansion=32, k_per_d_in=0.5, lr=None,
+        description="SEM's MSAE, as far as sae_lens goes: TopK with k = d_in/2 (MSAE's first, most weighted "
+                    "level), ×32, on the unnormalised embedding; one TopK level, so no reverse weighting"),
+}
+
+
+def get_preset(name: str) -> SAEPreset:
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown SAE preset {name!r}{hint}; presets: {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+@dataclass(frozen=True)
+class ShippedRecipe:
+    """How one shipped SAE is trained: `data` is "images" (SynthSocial train images) or "captions" (one sampled
+    caption per train image); evaluation uses the same kind of data from `test_balanced`."""
+
+    name: str
+    site: str
+    position: str
+    preset: str
+    data: str
+    n_items: int
+    steps: int
+    batch_size: int
+    overrides: dict = field(default_factory=dict)
+    model: str = "synthsocial"
+    seed: int = 0
+
+    @property
+    def folder(self) -> str:
+        """Folder name under saes/ ("synthsocial/image-embed" → "synthsocial/image-embed")."""
+        return self.name
+
+
+SHIPPED: dict[str, ShippedRecipe] = {r.name: r for r in [
+    ShippedRecipe("synthsocial/image-embed", "hook_image_embed", "pooled", "sem", "images", 20_000, 1500, 1024),
+    ShippedRecipe("synthsocial/text-embed", "text.hook_text_embed", "pooled", "sem", "captions", 20_000, 1500, 1024),
+    ShippedRecipe("synthsocial/image-resid-last", "blocks.5.hook_resid_post", "all", "debiaslens", "images",
+                  20_000, 1500, 2048),
+    ShippedRecipe("synthsocial/text-resid-last", "text.blocks.2.hook_resid_post", "pooled", "debiaslens",
+                  "captions", 20_000, 1500, 1024),
+]}
+
+
+def get_recipe(name: str) -> ShippedRecipe:
+    if name not in SHIPPED:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(SHIPPED), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown shipped SAE {name!r}{hint}; shipped SAEs: {sorted(SHIPPED)}")
+    return SHIPPED[name]
