@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from workbench.models.hook_names import canonical_position, check_hook_name
+from workbench.models.hook_names import canonical_position, check_hook_name, position_axis
 from workbench.models.splice import META_FINGERPRINT, META_TOWER
 
 from .batches import ActivationBatches, site_rows
@@ -48,7 +48,8 @@ def activation_store(model, data, site: str, position="pooled", cache_dir=None, 
     if isinstance(data, ActivationStore):
         data.check_model(model)
         site_rows(data, site)
-        if position is not None and "position" in data.manifest and data.position != canonical_position(position):
+        has_tokens = position_axis(site) is not None
+        if has_tokens and position is not None and data.position != canonical_position(position):
             raise ValueError(f"the activation store holds position {data.position!r} but position="
                              f"{position!r} was requested; pass position={data.position!r} or extract again")
         return data
@@ -183,6 +184,8 @@ def train_sae(model, data, site: str, architecture: Optional[str] = None, *, pre
     from sae_lens import SAETrainer
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
+    if not isinstance(site, str):
+        raise TypeError(f"site must be a hook name (str), got {site!r} of type {type(site).__name__}")
     spec = preset if preset is None else get_preset(preset)
     architecture = architecture or (spec.architecture if spec else "standard")
     if architecture not in ARCHITECTURES:
@@ -195,7 +198,7 @@ def train_sae(model, data, site: str, architecture: Optional[str] = None, *, pre
     if training_tokens is not None:
         steps = max(1, _positive_int(training_tokens, "training_tokens") // batch_size)
     steps = _positive_int(steps if steps is not None else 1000, "steps")
-    position = canonical_position(position)
+    position = canonical_position(position) if position_axis(site) is not None else "pooled"  # embeddings: one token
 
     store = activation_store(model, data, site, position, cache_dir, extract_batch_size, progress)
     tokens_per_item, d_in = site_rows(store, site)
