@@ -158,6 +158,13 @@ def _without_hooks(sae) -> Iterator[None]:
             setattr(sae, name, hook)
 
 
+def _check_is_sae(sae) -> None:
+    for attr in ("encode", "decode", "cfg", "W_dec", *_SAE_OWN_HOOKS):
+        if not hasattr(sae, attr):
+            raise TypeError(f"expected a sae_lens SAE (with .encode, .decode, .cfg and hook_sae_* hook points), "
+                            f"got {type(sae).__name__} without {attr!r}")
+
+
 class SAESplice(nn.Module):
     """An SAE as a module to splice: h → decode(encode(h)) (+ the error term h − clean reconstruction).
 
@@ -170,10 +177,7 @@ class SAESplice(nn.Module):
 
     def __init__(self, sae, use_error_term: bool = False):
         super().__init__()
-        for attr in ("encode", "decode", "cfg", *_SAE_OWN_HOOKS):
-            if not hasattr(sae, attr):
-                raise TypeError(f"expected a sae_lens SAE (with .encode, .decode, .cfg and hook_sae_* hook points), "
-                                f"got {type(sae).__name__} without {attr!r}")
+        _check_is_sae(sae)
         if not isinstance(use_error_term, bool):
             raise TypeError(f"use_error_term must be True or False, got {use_error_term!r}")
         self.__dict__["sae"] = sae
@@ -265,6 +269,7 @@ def add_sae(model, sae, site: Optional[str] = None, use_error_term: bool = False
     use_error_term=True adds the reconstruction error back, so the model is unchanged until the SAE's hook
     points are edited; False lets the reconstruction flow on. strict=False turns a site or fingerprint
     mismatch (SAEMismatchError) into a warning."""
+    _check_is_sae(sae)
     site = sae_site(sae, site)
     try:
         check_hook_name(model, site)
