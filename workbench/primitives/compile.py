@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from workbench.models.hook_names import sae_hook_name
+
 from .edit import Edit
 from .errors import EditError, EditTargetError
 from .sae import check_alpha, sae_transform
@@ -127,17 +129,45 @@ def _compose(steps: Sequence[Callable[[Tensor], None]]) -> HookFn:
     return hook_fn
 
 
+class _SplicedBlend:
+    """The blend h' = α·out + (1 − α)·h on an SAE spliced at a site (out: what the splice passes on, h: its
+    input), at the edits' positions: two steps sharing h, one on `{site}.hook_sae_input`, one on
+    `{site}.hook_sae_output`."""
+
+    def __init__(self, edits: list[Edit], alpha: float):
+        self.edit = next((e for e in edits if e.position == "all"), edits[0])
+        self.alpha, self._h = alpha, None
+
+    def stash(self, h: Tensor) -> None:
+        self._h = h.clone()
+
+    def blend(self, out: Tensor) -> None:
+        h, self._h = self._h, None
+        if h is None:
+            raise EditError(f"{self.edit!r}: the spliced SAE's input was not seen before its output")
+        base = _select_positions(out, self.edit)
+        base[...] = self.alpha * base + (1.0 - self.alpha) * _select_positions(h, self.edit).to(out.dtype)
+
+
 def _build_hooks(model, edits: list[Edit], sae, alpha: float) -> list[tuple[str, HookFn]]:
     groups: dict[str, list] = {}
+    spliced_sites: dict[str, list[Edit]] = {}
     for e in edits:
         name = e.hook_name(model)
         steps = groups.setdefault(name, [])
         if e.target != "sae_latent" or name != e.target_hook():  # a spliced SAE: edit its latents directly
             steps.append(_EditStep(e))
+            if e.target == "sae_latent":
+                spliced_sites.setdefault(e.target_hook(), []).append(e)
         elif steps and isinstance(steps[-1], list) and steps[-1][0].position == e.position:
             steps[-1].append(e)  # merge into the pending SAE pass: encode once
         else:
             steps.append([e])
+    if alpha != 1.0:
+        for site, site_edits in spliced_sites.items():
+            blend = _SplicedBlend(site_edits, alpha)
+            groups.setdefault(sae_hook_name(site, "sae_input"), []).append(blend.stash)
+            groups.setdefault(sae_hook_name(site, "sae_output"), []).append(blend.blend)
     return [(name, _compose([_SAEStep(sae, s, alpha) if isinstance(s, list) else s for s in steps]))
             for name, steps in groups.items()]
 
@@ -149,6 +179,8 @@ def edits_to_hooks(model, edits: Iterable[Edit], sae=None, alpha: float = 1.0,
     Edits on the same hook are composed, in the given order, into ONE hook fn. Consecutive sae_latent edits
     on the same site and position share one SAE pass: h' = α·decode(z') + (1 − α)·h, z' = latents after
     the edits (`sae`: a sae_lens SAE; `alpha`: the blend, 1.0 = pure reconstruction, no error term).
+    Where an SAE is spliced at the site (`model.add_sae`), the edits act on its `hook_sae_acts_post` instead
+    and α blends what the splice passes on with its input (docs/saes.md).
     `validate=True` checks every edit against `model` (and `sae`) first, raising EditTargetError.
     """
     edits = list(edits)

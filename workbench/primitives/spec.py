@@ -13,6 +13,7 @@ File format (schema "workbench.intervention/v2"):
       ],
       "sidecar": "debias.values.safetensors",        # null when every value is inline
       "sae": {"path": "saes/resid11", "sha256": "..."},   # null, or the SAE sae_latent edits need
+                                                      # (+ "splice": {"use_error_term": bool}, see below)
       "alpha": 1.0,                                   # SAE blend: h' = α·decode(z') + (1 − α)·h
       "provenance": {"method": "expert_heads", "dataset": "fairface", "attribute": "gender",
                      "date": "2026-01-01T00:00:00+00:00", "workbench_version": "0.1.0"}
@@ -23,6 +24,10 @@ null, a number, a (nested) list for small tensors (≤ 16 numbers by default), o
 tensor in the sidecar safetensors file next to the JSON (equal tensors are stored once). Values are float32
 and round-trip bit-exactly; nothing is pickled. Relative SAE / sidecar paths are relative to the JSON file's
 folder. Files are written with the permissions the umask gives, both or neither (see `save`).
+
+With `sae.splice` the edits ran on that SAE spliced at its site (`model.add_sae`, docs/saes.md): `apply` splices
+it for the duration (unless the model already has an SAE spliced there with the same use_error_term), so
+the outputs are the ones the spec was made from; without it, the SAE runs as a separate pass (blend α).
 
 Version 1 files ("workbench.intervention/v1") are still read: their edits say "site" for the target, and
 position "cls" is read as "pooled".
@@ -51,7 +56,7 @@ from torch import Tensor
 from workbench.files import atomic_write
 
 from .compile import edits_to_hooks
-from .edit import Edit
+from .edit import Edit, spliced
 from .errors import EditError, EditTargetError
 from .values import is_finite_number
 
@@ -133,14 +138,18 @@ def sae_sha256(path: PathLike) -> str:
 
 @dataclass(frozen=True)
 class SAERef:
-    """Where the SAE lives (a sae_lens folder) and its `sae_sha256`, checked before it is used."""
+    """Where the SAE lives (a sae_lens folder) and its `sae_sha256`, checked before it is used.
+
+    use_error_term: None when the edits run as a separate SAE pass; True/False when they ran on the SAE
+    spliced at its site with that setting (`apply` splices it again)."""
 
     path: str
     sha256: str
+    use_error_term: Optional[bool] = None
 
     @classmethod
-    def from_path(cls, path: PathLike) -> "SAERef":
-        return cls(path=os.fspath(path), sha256=sae_sha256(path))
+    def from_path(cls, path: PathLike, use_error_term: Optional[bool] = None) -> "SAERef":
+        return cls(path=os.fspath(path), sha256=sae_sha256(path), use_error_term=use_error_term)
 
 
 # ---------------------------------------------------------------------------------------------- the spec
@@ -198,6 +207,9 @@ class InterventionSpec:
                 raise SAEError("pass the SAE's folder path (or an SAERef), not an SAE object: the spec records "
                                "where the SAE lives and its hash")
             sae = SAERef.from_path(sae)
+        splice = _splice_setting(model, edits)
+        if sae is not None and splice is not None:
+            sae = SAERef(sae.path, sae.sha256, use_error_term=splice)
         provenance = {"method": method, "dataset": dataset, "attribute": attribute,
                       "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                       "workbench_version": __version__, **extra}
@@ -236,7 +248,9 @@ class InterventionSpec:
                       "fingerprint": self.model.fingerprint},
             "edits": edits,
             "sidecar": (sidecar_name or "values.safetensors") if tensors else None,
-            "sae": None if self.sae is None else {"path": self.sae.path, "sha256": self.sae.sha256},
+            "sae": None if self.sae is None else {"path": self.sae.path, "sha256": self.sae.sha256,
+                                                  **({} if self.sae.use_error_term is None else
+                                                     {"splice": {"use_error_term": self.sae.use_error_term}})},
             "alpha": self.alpha,
             "provenance": dict(self.provenance),
         }
@@ -352,8 +366,21 @@ class InterventionSpec:
             raise FingerprintMismatchError(msg + "; pass strict_fingerprint=False to apply it anyway")
         warnings.warn(msg, FingerprintWarning, stacklevel=3)
 
+    def splice_sites(self) -> list[str]:
+        """Sites whose sae_latent edits ran on a spliced SAE (empty unless the spec's `sae.splice` is set)."""
+        if self.sae is None or self.sae.use_error_term is None:
+            return []
+        return list(dict.fromkeys(e.target_hook() for e in self.edits if e.target == "sae_latent"))
+
     def hooks(self, model, sae=None, strict_fingerprint: bool = True) -> list:
-        """Validated `[(hook_name, fn)]` for `model.hooks(fwd_hooks=...)`."""
+        """Validated `[(hook_name, fn)]` for `model.hooks(fwd_hooks=...)`. A spec whose edits ran on a spliced
+        SAE needs it spliced (`apply` does that); SAEError otherwise."""
+        for site in self.splice_sites():
+            if not spliced(model, site):
+                raise SAEError(f"this spec's sae_latent edits ran on the SAE spliced at {site!r} (use_error_term="
+                               f"{self.sae.use_error_term}); use apply(model, spec), which splices it, or splice it "
+                               f"first: model.add_sae(spec.load_sae(), site={site!r}, "
+                               f"use_error_term={self.sae.use_error_term})")
         self.validate(model, sae=sae, strict_fingerprint=strict_fingerprint)
         return edits_to_hooks(model, self.edits, sae=self._resolve_sae(model, sae), alpha=self.alpha, validate=False)
 
@@ -367,9 +394,25 @@ def apply(model, spec: Union[InterventionSpec, PathLike], sae=None, strict_finge
     """
     if not isinstance(spec, InterventionSpec):
         spec = InterventionSpec.load(spec)
-    hooks = spec.hooks(model, sae=sae, strict_fingerprint=strict_fingerprint)
-    with model.hooks(fwd_hooks=hooks):
-        yield model
+    added: list[str] = []
+    try:
+        for site in spec.splice_sites():  # the edits ran on a spliced SAE: splice it again for the block
+            if spliced(model, site):
+                mine = model.hook_dict[site].spliced
+                if getattr(mine, "use_error_term", None) != spec.sae.use_error_term:
+                    raise SAEError(f"the SAE spliced at {site!r} has use_error_term={getattr(mine, 'use_error_term', None)}, "
+                                   f"but the spec's edits ran with use_error_term={spec.sae.use_error_term}")
+                continue
+            spec._check_fingerprint(model, strict_fingerprint)
+            model.add_sae(sae if sae is not None else spec.load_sae(device=model.device), site=site,
+                          use_error_term=spec.sae.use_error_term, strict=strict_fingerprint)
+            added.append(site)
+        hooks = spec.hooks(model, sae=sae, strict_fingerprint=strict_fingerprint)
+        with model.hooks(fwd_hooks=hooks):
+            yield model
+    finally:
+        if added:
+            model.remove_saes(added)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -494,11 +537,17 @@ class _Parser:
             self.string(doc["sidecar"], "sidecar", optional=True)
         sae = None
         if doc.get("sae") is not None:
-            s = self.obj(doc["sae"], "sae", {"path", "sha256"}, {"path", "sha256"})
+            s = self.obj(doc["sae"], "sae", {"path", "sha256"}, {"path", "sha256", "splice"})
             digest = self.string(s["sha256"], "sae.sha256")
             if not _HEX64.match(digest):
                 raise self.fail("sae.sha256", "expected 64 lowercase hex digits")
-            sae = SAERef(self.string(s["path"], "sae.path"), digest)
+            use_error_term = None
+            if s.get("splice") is not None:
+                sp = self.obj(s["splice"], "sae.splice", {"use_error_term"}, {"use_error_term"})
+                if not isinstance(sp["use_error_term"], bool):
+                    raise self.fail("sae.splice.use_error_term", f"expected true or false, got {_type(sp['use_error_term'])}")
+                use_error_term = sp["use_error_term"]
+            sae = SAERef(self.string(s["path"], "sae.path"), digest, use_error_term)
         alpha = doc.get("alpha", 1.0)
         if not is_finite_number(alpha):
             raise self.fail("alpha", f"expected a finite number, got {_type(alpha)}")
@@ -531,6 +580,18 @@ class _Parser:
         if not isinstance(t, Tensor) or not t.dtype.is_floating_point:
             raise self.fail(where, f"sidecar entry {key!r} is not a float tensor")
         return t
+
+
+def _splice_setting(model, edits: Sequence[Edit]) -> Optional[bool]:
+    """use_error_term of the SAE spliced where the sae_latent edits act, None if they use a separate pass."""
+    settings = {}
+    for e in edits:
+        if isinstance(e, Edit) and e.target == "sae_latent" and spliced(model, e.target_hook()):
+            settings[e.target_hook()] = getattr(model.hook_dict[e.target_hook()].spliced, "use_error_term", None)
+    if len(set(settings.values())) > 1:
+        raise SAEError(f"the SAEs spliced at {sorted(settings)} differ in use_error_term ({settings}); a spec "
+                       "records one setting")
+    return next(iter(settings.values()), None)
 
 
 def _type(x: Any) -> str:
