@@ -13,12 +13,15 @@ Both run under whatever hooks are active on the model, so they measure an interv
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["embed_images", "input_batches", "retrieval_report", "query_prompts"]
+__all__ = ["embed_images", "input_batches", "retrieval_report", "query_prompts", "evaluate_variants",
+           "EvaluationResult", "cached_edit", "caption_gender", "neutralize_caption", "synthsocial_captions",
+           "default_word_lists", "MASCULINE_WORDS", "FEMININE_WORDS", "RECALL_KS"]
 
 Queries = Union[Mapping[Union[str, int], str], Sequence[str]]
 
@@ -169,3 +172,581 @@ def retrieval_report(model, image_embeddings: Tensor, labels: Mapping, queries: 
         report[f"{g}_ndkl"] = ndkl(sim, g_labels, n_groups=n_groups, relevant_mask=relevant)
         report[f"{g}_maxskew_at_{top_k}"] = max_skew_at_k(sim, g_labels, k=top_k, n_groups=n_groups)
     return {k: float(v) for k, v in report.items()}
+
+
+# ================================================================================================ variants
+# evaluate_variants: the baseline and any number of edited variants, every metric with a bootstrap
+# interval over queries and a paired test against the baseline (docs/metrics.md, "Evaluation protocols").
+
+#: Gendered caption words (Kong et al.'s lists, with plurals) and what neutralising turns them into.
+MASCULINE_WORDS = ("man", "men", "male", "males", "boy", "boys", "gentleman", "gentlemen", "father", "fathers",
+                   "brother", "brothers", "son", "sons", "husband", "husbands", "boyfriend", "boyfriends")
+FEMININE_WORDS = ("woman", "women", "female", "females", "girl", "girls", "lady", "ladies", "mother", "mothers",
+                  "mom", "moms", "sister", "sisters", "daughter", "daughters", "wife", "wives", "girlfriend",
+                  "girlfriends")
+_PLURAL_GENDER_WORDS = frozenset(
+    ("men", "males", "boys", "gentlemen", "fathers", "brothers", "sons", "husbands", "boyfriends", "women", "females",
+     "girls", "ladies", "mothers", "moms", "sisters", "daughters", "wives", "girlfriends"))
+_GENDER_WORD = None  # compiled on first use
+
+RECALL_KS = (1, 5, 10)
+BASELINE = "baseline"
+# Bootstrap families: metrics resampled over the same units share one set of indices (paired across variants).
+_FAMILIES = ("queries", "images", "words", "captions", "neutral_captions")
+
+
+def _gender_word_pattern():
+    global _GENDER_WORD
+    if _GENDER_WORD is None:
+        import re
+
+        words = "|".join(sorted(MASCULINE_WORDS + FEMININE_WORDS, key=len, reverse=True))
+        _GENDER_WORD = re.compile(rf"\b({words})\b", re.IGNORECASE)
+    return _GENDER_WORD
+
+
+def caption_gender(caption: str) -> Optional[str]:
+    """"male" / "female" when the caption's gendered words are all of one gender, else None (neutral or mixed)."""
+    found = {w.lower() for w in _gender_word_pattern().findall(caption)}
+    male, female = bool(found & set(MASCULINE_WORDS)), bool(found & set(FEMININE_WORDS))
+    return "male" if male and not female else "female" if female and not male else None
+
+
+def neutralize_caption(caption: str) -> str:
+    """Gendered words → "person" ("people" for plurals), as in the gender-neutral caption protocol.
+
+    "a young white female nurse in a hospital" → "a young white person nurse in a hospital"."""
+    return _gender_word_pattern().sub(
+        lambda m: "people" if m.group(1).lower() in _PLURAL_GENDER_WORDS else "person", caption)
+
+
+def synthsocial_captions(labels: Mapping[str, Tensor], template: str = "full") -> list[str]:
+    """One caption per image from its SynthSocial labels: `template` (a `workbench.data.captions` template name;
+    default "full": age, ethnicity, gender, occupation and scene) filled with each field's first word variant.
+    The most specific template, so text→image retrieval has few equally good images per caption."""
+    from workbench.data import captions as cap
+
+    chosen = [t for t in cap.TEMPLATES if t.name == template]
+    if not chosen:
+        raise ValueError(f"unknown caption template {template!r}; known: {list(cap.TEMPLATE_NAMES)}")
+    fields = chosen[0].fields
+    keys = ("occupation", "gender", "ethnicity", "age", "scene")
+    codes = {k: torch.as_tensor(labels[k]).tolist() for k in keys}
+    out = []
+    for i in range(len(codes["occupation"])):
+        words = cap.field_words({k: codes[k][i] for k in keys})
+        out.append(cap.with_articles(chosen[0].text.format(**{f: words[f][0] for f in fields})))
+    return out
+
+
+def default_word_lists(model) -> dict[str, list[str]]:
+    """So-B-IT style prompt lists the model can read: {"adjectives": "a photo of a {word} person" prompts,
+    "occupations": "a photo of a {word}" prompts}, from `prompt_sets("synthsocial")` for the shipped model
+    (its vocabulary only) and `prompt_sets("real")` otherwise."""
+    from workbench.data import prompt_sets
+
+    sets = prompt_sets("synthsocial" if getattr(model, "name", None) == "synthsocial" else "real")
+    return {"adjectives": list(sets.adjectives), "occupations": list(sets.occupations)}
+
+
+# ---------------------------------------------------------------------------------------------- bootstrap
+def _family_rng(seed: int, family: str):
+    """numpy Generator for one bootstrap family: its own stream of `seed`, independent of the other families."""
+    import numpy as np
+
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_FAMILIES.index(family),)))
+
+
+def _interval(boot_means, level: float = 0.95) -> tuple[float, float]:
+    import numpy as np
+
+    lo, hi = np.quantile(boot_means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+@dataclass
+class _Family:
+    """Bootstrap indices [n_boot, n] shared by every metric (and variant) resampled over the same units."""
+
+    n: int
+    index: Any  # np.ndarray [n_boot, n] int32
+
+    def means(self, values):
+        return values[self.index].mean(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- result
+@dataclass
+class EvaluationResult:
+    """What `evaluate_variants` measured.
+
+    table: tidy DataFrame, one row per (variant, metric): variant, metric, value (the mean over the metric's
+        queries, equal to the metric function's value), lo, hi (95 % bootstrap interval over queries), n.
+    comparisons: one row per (variant ≠ baseline, metric): diff = variant − baseline, lo, hi (paired bootstrap
+        interval), beyond_noise (the interval excludes 0).
+    per_query: {variant: {metric: np.ndarray [n]}} the per-query values everything above is computed from.
+    embeddings: {variant: [n, d_embed]} L2-normalised gallery embeddings (float32, CPU).
+    text: [n_queries, d_embed] normalised embeddings of `queries` (the baseline's; a variant editing the text
+        tower has its own in `prompt_embeddings[variant]`); queries: the prompts; labels: {key: LongTensor [n]}.
+    paths: {variant: "forward" | "cached"}: how the variant's image embeddings were computed.
+    """
+
+    table: Any
+    comparisons: Any
+    per_query: dict
+    embeddings: dict
+    text: Tensor
+    queries: list
+    labels: dict
+    paths: dict
+    prompt_embeddings: dict = field(default_factory=dict)
+    n_boot: int = 1000
+    seed: int = 0
+    _families: dict = field(default_factory=dict, repr=False)
+    _family_of: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def variants(self) -> list[str]:
+        return list(self.embeddings)
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(dict.fromkeys(self.table["metric"]))
+
+    def wide(self, intervals: bool = False):
+        """One row per variant (baseline first), one column per metric: the value, or with `intervals=True` the
+        text "value [lo, hi]" (for table.md)."""
+        t = self.table
+        if intervals:
+            t = t.assign(value=[f"{v:.4f} [{lo:.4f}, {hi:.4f}]" for v, lo, hi in zip(t["value"], t["lo"], t["hi"])])
+        out = t.pivot(index="variant", columns="metric", values="value")
+        return out.loc[self.variants, self.metrics].rename_axis(columns=None)
+
+    def _check(self, variant: str, metric: str) -> None:
+        if variant not in self.per_query:
+            raise KeyError(f"no variant {variant!r}; variants: {self.variants}")
+        if metric not in self.per_query[variant]:
+            raise KeyError(f"no metric {metric!r}; metrics: {self.metrics}")
+
+    def compare(self, a: str, b: str = BASELINE, metric: str = "gender_ndkl", level: float = 0.95) -> dict:
+        """Paired bootstrap of metric(a) − metric(b) over the same resampled queries:
+        {"diff", "lo", "hi", "beyond_noise"} (beyond_noise: the `level` interval excludes 0)."""
+        self._check(a, metric)
+        self._check(b, metric)
+        d = self.per_query[a][metric] - self.per_query[b][metric]
+        lo, hi = _interval(self._families[self._family_of[metric]].means(d), level)
+        return {"diff": float(d.mean()), "lo": lo, "hi": hi, "beyond_noise": bool(lo > 0 or hi < 0)}
+
+    def beyond_noise(self, a: str, b: str = BASELINE, metric: str = "gender_ndkl") -> bool:
+        """True when the paired 95 % bootstrap interval of metric(a) − metric(b) excludes 0."""
+        return self.compare(a, b, metric)["beyond_noise"]
+
+
+# ---------------------------------------------------------------------------------------------- variants
+@dataclass
+class _Variant:
+    name: str
+    edits: list
+    spec: Any = None  # an InterventionSpec (applied with its SAE and α)
+
+    @property
+    def image_edits(self) -> list:
+        return [e for e in self.edits if e.tower == "image"]
+
+    @property
+    def edits_text(self) -> bool:
+        return any(e.tower == "text" for e in self.edits)
+
+    def context(self, model):
+        from contextlib import nullcontext
+
+        from workbench.primitives import apply, intervene
+
+        if self.spec is not None:
+            return apply(model, self.spec)
+        return intervene(model, self.edits) if self.edits else nullcontext(model)
+
+
+def _variants(model, variants: Mapping) -> list[_Variant]:
+    from workbench.primitives import EditError, Intervention, InterventionSpec, edits_to_hooks
+
+    if not isinstance(variants, Mapping):
+        raise TypeError("variants must be a mapping {name: Intervention | list of Edits | InterventionSpec | None}, "
+                        f"got {type(variants).__name__}")
+    out = [] if BASELINE in variants else [_Variant(BASELINE, [])]
+    for name, v in variants.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"variant names must be non-empty strings, got {name!r}")
+        if name == BASELINE and v is not None:
+            raise ValueError(f"the variant name {BASELINE!r} is reserved for the unedited model (value None); "
+                             "give your variant another name")
+        if v is None:
+            out.append(_Variant(name, []))
+        elif isinstance(v, InterventionSpec):
+            v.validate(model)
+            out.append(_Variant(name, list(v.edits), spec=v))
+        else:
+            try:
+                edits = list(Intervention(v).edits)
+                edits_to_hooks(model, edits)  # validate against the model before any pass
+            except EditError as err:
+                raise type(err)(f"variant {name!r}: {err}") from None
+            out.append(_Variant(name, edits))
+    if out[0].name != BASELINE:  # the baseline first in every table
+        out.sort(key=lambda v: v.name != BASELINE)
+    return out
+
+
+def cached_edit(edit, model) -> bool:
+    """True when `edit` is confined to the last image block's pooled row and `CLSTail` can evaluate it: a head
+    edit, or a neuron edit (head coordinates or MLP neurons), on the image tower's last block at position
+    "pooled". Everything else (earlier layers, position "all", the text tower, directions, SAE latents) needs a
+    forward pass."""
+    return (edit.tower == "image" and edit.target in ("head", "neuron") and edit.position == "pooled"
+            and edit.layer == model.visual.cfg.n_layers - 1)
+
+
+def _cache_usable(model) -> bool:
+    from workbench.models.cls_tail import tail_hook_names
+    from workbench.models.hook_names import act_name
+    from workbench.models.hooks import is_active
+
+    visual = model.visual
+    if visual.cfg.pool != "tok":
+        return False
+    names = tail_hook_names(visual) + (act_name("resid_pre", visual.cfg.n_layers - 1),)
+    return not any(is_active(visual.hook_dict[n]) for n in names)
+
+
+# ---------------------------------------------------------------------------------------------- the runner
+@dataclass
+class _Protocol:
+    """Everything about the gallery and the prompts that does not depend on the variant."""
+
+    labels: dict
+    label_names: Mapping
+    target: str
+    groups: tuple
+    codes: list  # target class code of each query
+    relevant: Tensor  # [n_queries, n] bool
+    top_k: int
+    prompts: dict  # set name -> unique prompts to encode
+    word_lists: dict  # list name -> indices into prompts["words"]
+    captions: Optional[list] = None
+    gender_classes: Optional[tuple] = None  # (male, female) codes in image_gender
+    image_gender: Optional[Tensor] = None  # [n] gender code of each image, for Bias@K
+
+
+def _gallery_batches(model, gallery, batch_size: int):
+    """(a function returning a fresh iterator of preprocessed batches, labels {key: LongTensor [n]} or None)."""
+    if isinstance(gallery, tuple) and len(gallery) == 2 and isinstance(gallery[0], Tensor):
+        images, labels = gallery
+        if images.ndim != 4:
+            raise ValueError(f"gallery images must be a tensor [n, 3, H, W], got shape {tuple(images.shape)}")
+        if len(images) == 0:
+            raise ValueError("no images to evaluate: the gallery is empty")
+        if not isinstance(labels, Mapping):
+            raise TypeError(f"a gallery given as (images, labels) needs labels as {{key: [n] codes}}, got "
+                            f"{type(labels).__name__}")
+        labels = {k: torch.as_tensor(v) for k, v in labels.items()}
+        return (lambda: (model.preprocess(images[i:i + batch_size]) for i in range(0, len(images), batch_size)),
+                labels)
+    if not (hasattr(gallery, "__getitem__") and hasattr(gallery, "__len__")):
+        raise TypeError("gallery must be a dataset yielding (image, {label: int}) (e.g. SynthSocial('test_balanced'))"
+                        f" or a tuple (images [n, 3, H, W], {{label: codes}}), got {type(gallery).__name__}")
+    if len(gallery) == 0:
+        raise ValueError("no images to evaluate: the gallery is empty")
+    return (lambda: (x for x, _ in input_batches(model, gallery, batch_size))), None
+
+
+def _encode_texts(model, prompts: Sequence[str], batch_size: int) -> Tensor:
+    out = [model.encode_text(list(prompts[i:i + batch_size]), normalize=True).float().cpu()
+           for i in range(0, len(prompts), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def _protocol(model, labels, label_names, n, queries, target, groups, word_lists, captions, top_k) -> _Protocol:
+    import warnings
+
+    if isinstance(groups, str):
+        groups = (groups,)
+    groups = tuple(groups)
+    for key in (target, *groups):
+        if key not in label_names:
+            raise ValueError(f"no class names for label {key!r}: pass label_names={{{key!r}: [...], ...}} "
+                             "(e.g. dataset.label_names)")
+    classes = tuple(label_names[target])
+    if queries is None:
+        queries = {c: f"a photo of a {c}" for c in classes}
+    prompts, codes = query_prompts(queries, classes, target)
+    y = _label_tensor(labels, target, n, "target")
+    for g in groups:
+        _label_tensor(labels, g, n, "group")
+    relevant = y[None, :] == torch.tensor(codes)[:, None]
+    empty = [classes[c] for c, r in zip(codes, relevant) if not r.any()]
+    if empty:
+        raise ValueError(f"no image of {target!r} class(es) {empty} in the gallery: mAP, NDCG and NDKL are undefined "
+                         "for their queries; drop those queries (queries={class: prompt} for the classes present)")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_k > n:
+        warnings.warn(f"the gallery has {n} images, fewer than top_k={top_k}: normalized entropy and MaxSkew use the "
+                      f"top {n} (the whole gallery)", UserWarning, stacklevel=3)
+        top_k = n
+
+    if word_lists is None:
+        word_lists = default_word_lists(model)
+    if not isinstance(word_lists, Mapping):
+        raise TypeError(f"word_lists must be a mapping {{name: [prompts]}}, got {type(word_lists).__name__}")
+    words: list[str] = []
+    word_index = {}
+    for name, plist in word_lists.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"word list names become metric keys ('gender_entropy_<name>'): use an identifier such "
+                             f"as 'adjectives', got {name!r}")
+        if isinstance(plist, str) or not plist or any(not isinstance(p, str) for p in plist):
+            raise ValueError(f"word_lists[{name!r}] must be a non-empty list of prompt strings "
+                             "(e.g. 'a photo of a friendly person')")
+        word_index[name] = [words.index(p) if p in words else (words.append(p) or len(words) - 1) for p in plist]
+
+    proto = _Protocol(labels, label_names, target, groups, codes, relevant, top_k,
+                      {"queries": prompts, "words": words}, word_index)
+    if captions is None and all(k in labels for k in ("occupation", "gender", "ethnicity", "age", "scene")) and all(
+            tuple(label_names.get(k, ())) == tuple(v) for k, v in _synthsocial_names().items()):
+        captions = synthsocial_captions(labels)
+    if captions is not None and captions is not False:
+        _check_captions(captions, n)
+        proto.captions = list(captions)
+        proto.prompts["captions"] = list(dict.fromkeys(captions))
+        said = [caption_gender(c) for c in captions]
+        gendered = [i for i, g in enumerate(said) if g is not None]
+        if "gender" in labels and {"male", "female"} <= set(label_names.get("gender", ())):
+            names = tuple(label_names["gender"])
+            proto.gender_classes, proto.image_gender = (names.index("male"), names.index("female")), labels["gender"]
+        else:  # no gender labels: an image's gender is what its caption says (COCO protocol); 2 = neutral/mixed
+            proto.gender_classes = (0, 1)
+            proto.image_gender = torch.tensor([{"male": 0, "female": 1}.get(g, 2) for g in said])
+        present = set(proto.image_gender.tolist())
+        if gendered and set(proto.gender_classes) <= present:  # Bias@K needs both genders in the gallery
+            proto.prompts["neutral"] = list(dict.fromkeys(neutralize_caption(captions[i]) for i in gendered))
+    return proto
+
+
+def _check_captions(captions, n: int) -> None:
+    if isinstance(captions, str) or not isinstance(captions, Sequence):
+        raise TypeError(f"captions must be a list of {n} strings, one per gallery image (or False to skip caption "
+                        f"retrieval), got {type(captions).__name__}")
+    if len(captions) != n:
+        raise ValueError(f"captions has {len(captions)} entries but the gallery has {n} images; give one caption per "
+                         "image, in gallery order")
+    bad = [i for i, c in enumerate(captions) if not isinstance(c, str) or not c.strip()]
+    if bad:
+        raise ValueError(f"captions[{bad[0]}] is {captions[bad[0]]!r}: every caption must be a non-empty string")
+
+
+def _synthsocial_names() -> dict:
+    from workbench.data import vocab
+
+    return {k: vocab.LABEL_NAMES[k] for k in ("occupation", "gender", "ethnicity", "age", "scene")}
+
+
+def _per_query_metrics(emb: Tensor, text: Mapping[str, Tensor], p: _Protocol) -> dict[str, tuple[str, Any]]:
+    """{metric: (family, per-query values np.ndarray)} for one variant's image and text embeddings."""
+    import numpy as np
+
+    from workbench.metrics import (bias_at_k, first_relevant_rank, max_skew_at_k, mean_average_precision, ndcg, ndkl,
+                                   normalized_entropy_at_k, rank)
+
+    out: dict[str, tuple[str, Any]] = {}
+    sim = (text["queries"] @ emb.T).numpy()  # [n_queries, n]
+    rel = p.relevant.numpy()
+    y = p.labels[p.target].numpy()
+    queried = rel.any(0)
+    position = np.full(len(p.label_names[p.target]), -1)
+    position[p.codes] = np.arange(len(p.codes))
+    # zero-shot: the best query's class (ties to the lower query, as `zero_shot_accuracy`), per image
+    predicted = rank(sim.T[queried], 1)[:, 0]
+    out["zero_shot_accuracy"] = ("images", (predicted == position[y[queried]]).astype(np.float64))
+    out["map"] = ("queries", mean_average_precision(sim, rel, return_per_query=True)["average_precision"].to_numpy())
+    out["ndcg"] = ("queries", ndcg(sim, rel, return_per_query=True)["ndcg"].to_numpy())
+    group_codes = {g: p.labels[g].numpy() for g in p.groups}
+    sizes = {g: len(p.label_names[g]) for g in p.groups}
+    for g in p.groups:
+        out[f"{g}_ndkl"] = ("queries", ndkl(sim, group_codes[g], n_groups=sizes[g], relevant_mask=rel,
+                                            return_per_query=True)["ndkl"].to_numpy())
+    if len(p.groups) > 1:  # the intersection: one code per combination, Q uniform over all of them
+        joint, size = np.zeros_like(y), 1
+        for g in p.groups:
+            joint, size = joint * sizes[g] + group_codes[g], size * sizes[g]
+        out["_".join(p.groups) + "_ndkl"] = ("queries", ndkl(sim, joint, n_groups=size, relevant_mask=rel,
+                                                             return_per_query=True)["ndkl"].to_numpy())
+    for g in p.groups:
+        out[f"{g}_maxskew_at_{p.top_k}"] = ("queries", max_skew_at_k(
+            sim, group_codes[g], k=p.top_k, n_groups=sizes[g], return_per_query=True)["max_skew"].to_numpy())
+    if p.word_lists:
+        words = (text["words"] @ emb.T).numpy()
+        ranked = rank(words, p.top_k)
+        for g in p.groups:
+            entropy = normalized_entropy_at_k(None, group_codes[g], p.top_k, n_groups=sizes[g], ranking=ranked,
+                                              return_per_query=True)["normalized_entropy"].to_numpy()
+            for name, index in p.word_lists.items():
+                out[f"{g}_entropy_{name}"] = ("words", entropy[index])
+    if p.captions is not None:
+        n = emb.shape[0]
+        unique = {c: j for j, c in enumerate(p.prompts["captions"])}
+        caps = (text["captions"] @ emb.T).numpy()[[unique[c] for c in p.captions]]  # [n_captions, n]
+        first = first_relevant_rank(caps, np.eye(n, dtype=bool))  # caption i describes image i
+        for k in RECALL_KS:
+            if k <= n:
+                out[f"recall_at_{k}"] = ("captions", (first < k).astype(np.float64))
+        if "neutral" in p.prompts:
+            neutral = (text["neutral"] @ emb.T).numpy()
+            gender = p.image_gender.numpy()
+            for k in RECALL_KS:
+                if k <= n:
+                    # one query per distinct neutral caption (captions that neutralise alike are one query)
+                    out[f"bias_at_{k}"] = ("neutral_captions", bias_at_k(
+                        neutral, gender, k, classes=p.gender_classes, denominator="pair",
+                        return_per_query=True)["bias"].to_numpy())
+    return out
+
+
+def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Queries] = None,
+                      target: str = "occupation", groups: Sequence[str] = ("gender", "ethnicity"),
+                      word_lists: Optional[Mapping[str, Sequence[str]]] = None, captions=None, top_k: int = 100,
+                      label_names: Optional[Mapping[str, Sequence[str]]] = None, n_boot: int = 1000, seed: int = 0,
+                      batch_size: int = 256, use_cache: bool = True, progress: bool = True) -> EvaluationResult:
+    """Evaluate the unedited model and every variant on one gallery: utility, retrieval fairness, word-list
+    entropy and caption retrieval, each as a mean with a 95 % bootstrap interval over queries, plus a paired
+    test of every variant against the baseline (protocols: docs/metrics.md, "Evaluation protocols").
+
+    Args:
+        gallery: a dataset yielding (image, {label: int}) (e.g. `SynthSocial("test_balanced")`, a FairFace folder),
+            raw or with `transform=model.preprocess`, or a tuple (raw images [n, 3, H, W], {label: codes [n]}).
+        variants: {name: Intervention | list of Edits | Edit | InterventionSpec | None}; the baseline
+            ("baseline": None) is added first if absent.
+        queries: {`target` class: prompt} (default "a photo of a {class}" for every class): zero-shot accuracy,
+            map / ndcg (relevance = class match over the whole gallery), NDKL (SISPI protocol) and MaxSkew@top_k.
+        groups: protected label keys: `{g}_ndkl`, `{g}_maxskew_at_{top_k}`, `{g}_entropy_{list}`, and the
+            intersection `{g1}_{g2}_ndkl` (Q uniform over every combination).
+        word_lists: {name: prompts} for normalized entropy of each group over the top_k images (So-B-IT
+            protocol; default `default_word_lists(model)`: "adjectives" and "occupations"); {} to skip.
+        captions: one caption per gallery image (`recall_at_{1,5,10}` text→image, and `bias_at_{1,5,10}` over the
+            gendered captions made neutral, `neutralize_caption`); default: `synthsocial_captions` when the gallery
+            has SynthSocial labels, else none; False to skip.
+        label_names: {key: class names}; default the dataset's `label_names`, else the SynthSocial vocabulary.
+        n_boot, seed: bootstrap resamples (≥ 100) of the per-query values (rankings are not recomputed), seeded.
+        use_cache: evaluate variants whose image edits are all `cached_edit`s from one cached pass (`CLSTail`)
+            instead of a forward pass each; `paths` says which way each variant went.
+
+    Returns an `EvaluationResult` (`.table`, `.wide()`, `.comparisons`, `.beyond_noise(a, b, metric)`).
+    """
+    import numpy as np
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from workbench.models.cls_tail import CLSTail
+
+    batch_size = _check_batch_size(batch_size)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 100:
+        raise ValueError(f"n_boot must be an integer >= 100 (bootstrap resamples for the 95 % intervals), got {n_boot!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if model.text is None:
+        raise ValueError("evaluate_variants needs a model with a text tower (queries are text)")
+    plan = _variants(model, variants)
+    batches, labels = _gallery_batches(model, gallery, batch_size)
+    if label_names is None:
+        label_names = getattr(gallery, "label_names", None)
+    if label_names is None:
+        from workbench.data.vocab import LABEL_NAMES as label_names
+
+    cache_ok = use_cache and _cache_usable(model)
+    fast = {v.name for v in plan
+            if cache_ok and v.image_edits and all(cached_edit(e, model) for e in v.image_edits)}
+    bar = tqdm(total=len(plan), desc="evaluate variants", unit="variant", disable=not progress)
+    with torch.no_grad():
+        # one pass: the baseline embeddings (the pass's own output), the labels, and the cached last block
+        collected: dict[str, list] = {}
+
+        def clean_batches():
+            if labels is not None:
+                yield from batches()
+                return
+            for x, lab in input_batches(model, gallery, batch_size):
+                for k, v in lab.items():
+                    collected.setdefault(k, []).append(torch.as_tensor(v))
+                yield x
+
+        if cache_ok:
+            tail = CLSTail.capture(model, clean_batches())
+            base = torch.nn.functional.normalize(tail.image_embed, dim=-1).float().cpu()
+        else:
+            tail = None
+            base = torch.cat([model.encode_image(x.to(model.device), normalize=True).float().cpu()
+                              for x in clean_batches()])
+        if labels is None:
+            labels = {k: torch.cat(v).long() for k, v in collected.items()}
+        n = len(base)
+        for k, v in labels.items():
+            if tuple(v.shape) != (n,):
+                raise ValueError(f"labels[{k!r}] has shape {tuple(v.shape)}, expected ({n},): one per image")
+        labels = {k: v.long() for k, v in labels.items()}
+        proto = _protocol(model, labels, label_names, n, queries, target, groups, word_lists, captions, top_k)
+        base_text = {name: _encode_texts(model, prompts, batch_size) for name, prompts in proto.prompts.items()}
+
+        embeddings, texts, paths = {}, {}, {}
+        for v in plan:
+            text = base_text
+            if v.edits_text:
+                with v.context(model):
+                    text = {name: _encode_texts(model, prompts, batch_size) for name, prompts in proto.prompts.items()}
+            if v.name == BASELINE:
+                emb, path = base, "forward"
+            elif not v.image_edits:
+                emb, path = base, "baseline"
+            elif v.name in fast:
+                emb, path = tail.encode(_image_hooks(model, v), normalize=True).float().cpu(), "cached"
+            else:
+                with v.context(model):
+                    emb = torch.cat([model.encode_image(x.to(model.device), normalize=True).float().cpu()
+                                     for x in batches()])
+                path = "forward"
+            embeddings[v.name], texts[v.name], paths[v.name] = emb, text, path
+            bar.update(1)
+    bar.close()
+
+    per_query, family_of = {}, {}
+    for v in plan:
+        metrics = _per_query_metrics(embeddings[v.name], texts[v.name], proto)
+        per_query[v.name] = {m: values for m, (_, values) in metrics.items()}
+        family_of.update({m: fam for m, (fam, _) in metrics.items()})
+    sizes = {}
+    for m, fam in family_of.items():
+        sizes.setdefault(fam, len(per_query[BASELINE][m]))
+    families = {fam: _Family(size, _family_rng(seed, fam).integers(0, size, size=(n_boot, size), dtype=np.int32))
+                for fam, size in sizes.items()}
+    rows, comparisons = [], []
+    for v in plan:
+        for m, values in per_query[v.name].items():
+            lo, hi = _interval(families[family_of[m]].means(values))
+            rows.append({"variant": v.name, "metric": m, "value": float(values.mean()), "lo": lo, "hi": hi,
+                         "n": len(values)})
+    result = EvaluationResult(pd.DataFrame(rows), None, per_query, embeddings, base_text["queries"],
+                              list(proto.prompts["queries"]), labels, paths,
+                              prompt_embeddings={v.name: texts[v.name] for v in plan if v.edits_text},
+                              n_boot=n_boot, seed=seed, _families=families, _family_of=family_of)
+    for v in plan[1:]:
+        for m in per_query[v.name]:
+            comparisons.append({"variant": v.name, "metric": m, **result.compare(v.name, BASELINE, m)})
+    result.comparisons = pd.DataFrame(comparisons, columns=["variant", "metric", "diff", "lo", "hi", "beyond_noise"])
+    return result
+
+
+def _image_hooks(model, v: _Variant) -> list:
+    """The compiled image-tower hooks of a variant (a spec's with its SAE and α)."""
+    from workbench.models.hook_names import hook_tower
+    from workbench.primitives import edits_to_hooks
+
+    hooks = v.spec.hooks(model) if v.spec is not None else edits_to_hooks(model, v.image_edits)
+    return [(name, fn) for name, fn in hooks if hook_tower(name) == "image"]
