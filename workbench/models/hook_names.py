@@ -180,8 +180,9 @@ def canonical_position(position, allow_int: bool = False) -> Union[str, int]:
 
 def is_pooled_hook(name: str, ndim: Optional[int] = None) -> bool:
     """True for hooks that hold only the pooled token (no token axis). ln_post is on the pooled token for
-    token-pooled towers; give `ndim` to recognise an average-pooled tower's ln_post [b, patches, d]."""
-    bare = name.removeprefix("text.")
+    token-pooled towers; give `ndim` to recognise an average-pooled tower's ln_post [b, patches, d].
+    The hooks of an SAE spliced at a site (`{site}.hook_sae_*`) have the site's layout."""
+    bare = name.removeprefix("text.").split(".hook_sae_")[0]
     if bare.startswith("ln_post.") and ndim == 3:
         return False
     return bare.endswith("attn.hook_cls_result") or bare in ("hook_image_embed", "hook_text_embed",
