@@ -138,3 +138,44 @@ def test_shipped_names_resolve_to_the_shipped_folder():
     assert set(names) <= set(SHIPPED)
     for name in names:
         assert resolve_sae_path(name) == shipped_dir() / name
+
+
+def test_a_built_wheel_carries_the_shipped_saes(tmp_path):
+    """A normal install gets the top-level saes/ folder as workbench/saes/shipped/ (setup.py maps it)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(root / "workbench", src / "workbench", ignore=ignore)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    fake = "synthsocial/only-for-this-test"  # stands in for the shipped ones, so the mapping is tested either way
+    if (root / "saes").is_dir():
+        shutil.copytree(root / "saes", src / "saes", ignore=ignore)
+    (src / "saes" / fake).mkdir(parents=True)
+    (src / "saes" / fake / "cfg.json").write_text("{}")
+    (src / "saes" / fake / "sae_weights.safetensors").write_bytes(b"x")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src),
+                    "-w", str(tmp_path / "whl")], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "whl").glob("workbench-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {f"workbench/saes/shipped/{p.relative_to(src / 'saes').as_posix()}"
+                for p in (src / "saes").rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".md")}
+    assert f"workbench/saes/shipped/{fake}/cfg.json" in expected
+    assert expected <= names, sorted(expected - names)
+    assert "workbench/saes/io.py" in names and "workbench/models/pretrained/synthsocial.safetensors" in names
+    target = tmp_path / "installed"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    code = ("from workbench.saes.io import resolve_sae_path, shipped_saes; "
+            f"print(resolve_sae_path({fake!r})); print({fake!r} in shipped_saes())")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path,
+                         env=env).stdout.split()
+    assert out == [str(target / "workbench" / "saes" / "shipped" / fake), "True"]
