@@ -8,7 +8,7 @@ import torch
 from tests.models.archs import build_pair, images_for
 from tests.primitives.conftest import random_sae
 from tests.tolerance import assert_fp32_close
-from workbench.primitives import Edit, InterventionSpec, SAEError, ablate_latents, apply, intervene
+from workbench.primitives import Edit, EditTargetError, InterventionSpec, SAEError, ablate_latents, apply, intervene
 from workbench.saes import SAEMismatchError, SpliceError, save_sae
 
 SITE = "blocks.2.hook_resid_post"
@@ -215,3 +215,16 @@ def test_a_spliced_sae_on_another_device_or_of_another_width_fails_clearly(model
     model.hook_dict[SITE].spliced.__dict__["sae"] = random_sae(63, 8)  # swapped behind the splice's back
     with pytest.raises(SpliceError, match=r"d_in=63, but the activations have shape \[3, 17, 64\]"):
         model.encode_image(x)
+
+
+def test_an_sae_passed_to_intervene_must_be_the_spliced_one(model, x, sae):
+    edit = ablate_latents([1], layer=2)
+    with model.saes((sae, SITE)):
+        with intervene(model, edit, sae=sae):  # the same SAE: fine
+            same = model.encode_image(x)
+        with intervene(model, edit):
+            assert torch.equal(model.encode_image(x), same)
+        with pytest.raises(EditTargetError, match=r"another SAE is spliced at 'blocks.2.hook_resid_post' and the edits act "
+                                            r"on it; drop sae="):
+            with intervene(model, edit, sae=random_sae(64, 128, seed=8)):
+                pass

@@ -163,6 +163,11 @@ def _build_hooks(model, edits: list[Edit], sae, alpha: float) -> list[tuple[str,
             steps[-1].append(e)  # merge into the pending SAE pass: encode once
         else:
             steps.append([e])
+    for site in spliced_sites:
+        mine = getattr(model.hook_dict[site].spliced, "sae", None)
+        if sae is not None and mine is not None and mine is not sae:
+            raise EditTargetError(f"{spliced_sites[site][0]!r}: another SAE is spliced at {site!r} and the edits act "
+                                  "on it; drop sae=..., or splice this one instead (model.remove_saes, model.add_sae)")
     if alpha != 1.0:
         for site, site_edits in spliced_sites.items():
             blend = _SplicedBlend(site_edits, alpha)
