@@ -149,6 +149,7 @@ def test_spec_export_load_apply_reproduces_a_spliced_edit_exactly(model, x, sae,
             expected = model.encode_image(x)
         spec = InterventionSpec.from_edits(model, [edit], sae=sae_dir, alpha=alpha)
     assert spec.sae.use_error_term is use_error_term
+    assert (expected - model.encode_image(x)).abs().max() > 1e-4  # the edit changes the output
     spec.save(tmp_path / "spec.json")
     loaded = InterventionSpec.load(tmp_path / "spec.json")
     assert loaded == spec
@@ -228,3 +229,32 @@ def test_an_sae_passed_to_intervene_must_be_the_spliced_one(model, x, sae):
                                             r"on it; drop sae="):
             with intervene(model, edit, sae=random_sae(64, 128, seed=8)):
                 pass
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+def test_other_sae_lens_architectures_splice_exactly(model, x, arch):
+    import sae_lens
+
+    torch.manual_seed(0)
+    if arch == "topk":
+        sae = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=64, d_sae=96, k=5))
+    else:
+        sae = sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=64, d_sae=96))
+        with torch.no_grad():
+            sae.threshold.fill_(0.05)
+    plain = model.encode_image(x)
+    with model.saes((sae, SITE), use_error_term=True):
+        out, cache = model.run_with_cache(x, names_filter=lambda n: n.startswith(SITE))
+        z = cache[f"{SITE}.hook_sae_acts_post"]
+        latents = z.flatten(0, 1).amax(0).topk(3).indices.tolist()  # latents that fire somewhere
+        with intervene(model, ablate_latents(latents, layer=2)):
+            edited = model.encode_image(x)
+    assert_fp32_close(out, plain)
+    assert torch.equal(z, sae.encode(cache[SITE]))
+    if arch == "topk":
+        assert int((z > 0).sum(-1).max()) <= 5
+    z_edit = z.clone()
+    z_edit[..., latents] = 0
+    expected = model.run_with_hooks(x, fwd_hooks=[(SITE, lambda t, hook: sae.decode(z_edit) + t - sae.decode(z))])
+    assert_fp32_close(edited, expected)
+    assert (edited - plain).abs().max() > 1e-4
