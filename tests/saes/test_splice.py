@@ -258,3 +258,19 @@ def test_other_sae_lens_architectures_splice_exactly(model, x, arch):
     expected = model.run_with_hooks(x, fwd_hooks=[(SITE, lambda t, hook: sae.decode(z_edit) + t - sae.decode(z))])
     assert_fp32_close(edited, expected)
     assert (edited - plain).abs().max() > 1e-4
+
+
+def test_a_separate_pass_spec_is_refused_on_a_model_with_an_sae_spliced_there(model, x, sae, tmp_path):
+    sae_dir = save_sae(sae, tmp_path / "sae", model=model, site=SITE)
+    edit = ablate_latents([1], layer=2)
+    spec = InterventionSpec.from_edits(model, edit, sae=sae_dir)  # nothing spliced: a separate SAE pass
+    assert spec.sae.use_error_term is None
+    with apply(model, spec):
+        separate = model.encode_image(x)
+    with intervene(model, edit, sae=sae):
+        assert torch.equal(model.encode_image(x), separate)
+    with model.saes((sae, SITE), use_error_term=True), \
+            pytest.raises(SAEError, match=r"run as a separate pass of its SAE, but an SAE is spliced at "
+                                          r"\['blocks.2.hook_resid_post'\]"):
+        with apply(model, spec):
+            pass

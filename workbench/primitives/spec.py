@@ -381,6 +381,13 @@ class InterventionSpec:
                                f"{self.sae.use_error_term}); use apply(model, spec), which splices it, or splice it "
                                f"first: model.add_sae(spec.load_sae(), site={site!r}, "
                                f"use_error_term={self.sae.use_error_term})")
+        if self.sae is not None and self.sae.use_error_term is None:
+            busy = sorted({e.target_hook() for e in self.edits
+                           if e.target == "sae_latent" and spliced(model, e.target_hook())})
+            if busy:
+                raise SAEError(f"this spec's sae_latent edits run as a separate pass of its SAE, but an SAE is spliced "
+                               f"at {busy}, which would change what they compute; remove it first "
+                               f"(model.remove_saes({busy}))")
         self.validate(model, sae=sae, strict_fingerprint=strict_fingerprint)
         return edits_to_hooks(model, self.edits, sae=self._resolve_sae(model, sae), alpha=self.alpha, validate=False)
 
