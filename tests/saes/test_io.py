@@ -116,6 +116,13 @@ def test_missing_and_malformed_saes_are_specific_errors(tmp_path):
     (bad / "cfg.json").write_text('{"d_in": 4, "d_sae": 8, "architecture": "standard"}')
     with pytest.raises(SAELoadError, match="has a cfg.json but no sae_weights.safetensors"):
         load_sae(bad)
+    good = save_sae(random_sae(8, 16), tmp_path / "good", site=SITE)
+    (good / "sae_weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SAELoadError, match=r"sae_lens cannot load the SAE at .*good.*header"):
+        load_sae(good)
+    (good / "cfg.json").write_text('{"d_in": 8, "d_sae": 16, "architecture": "no-such-architecture"}')
+    with pytest.raises(SAELoadError, match="sae_lens cannot load the SAE"):
+        load_sae(good)
     with pytest.raises(TypeError, match="expected a path or a shipped SAE name"):
         resolve_sae_path(3)
 

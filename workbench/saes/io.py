@@ -145,11 +145,12 @@ def load_sae(path_or_name: PathLike, model=None, site: Optional[str] = None, dev
         raise SAELoadError(f"{str(path)!r} has a {CFG_FILENAME} but no {WEIGHTS_FILENAME}")
     if device is None:
         device = model.device if model is not None else "cpu"
+    from safetensors import SafetensorError
     from sae_lens import SAE
 
     try:
         sae = SAE.load_from_disk(str(path), device=str(device))
-    except (OSError, KeyError, ValueError, RuntimeError) as err:
+    except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as err:
         raise SAELoadError(f"sae_lens cannot load the SAE at {str(path)!r}: {err}") from None
     sae.eval()
     if site is not None and sae.cfg.metadata.hook_name is None:
