@@ -1,0 +1,352 @@
+"""`workbench experts`: find expert heads, build every intervention variant, evaluate them, write a report.
+
+    run_experts("runs/experts")                                   # embedded model, SynthSocial
+    run_experts("runs/ff", model_name="ViT-B-32", pretrained="openai", data="fairface:/data/fairface")
+
+Steps (docs/methods.md, "Expert heads"): the reference set → `find_expert_heads` for the attribute (and for
+the other protected attribute, for intersectional variants) → `expert_variants` → `evaluate_variants` on a
+separate gallery (bootstrap intervals over queries, paired tests against the baseline) → DIR/summary.json,
+table.csv, table.md, heads.csv, neurons.csv, figures/*.html, specs/NAME.json. The output folder is checked
+before any work.
+
+Data: "synthsocial" (reference: `test_balanced` seed+1, 1,024 images; gallery: `test_balanced` seed, 2,048
+images) or "<loader>:DIR" for a local folder (fairface, utkface, sispi, celeba), split in two seeded halves:
+reference and gallery (each at most `n_images`). Real galleries with an occupation label (SISPI) use it as the
+retrieval target; the others use `prompt_sets("real")` occupation prompts with every image relevant to every
+query.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ["run_experts", "parse_data", "pick_best", "DATA_KINDS"]
+
+DATA_KINDS = ("synthsocial", "fairface", "utkface", "sispi", "celeba")
+BEST_MAP_DROP = 0.02  # best variant: mAP may drop at most this much ...
+BEST_ZERO_SHOT_DROP = 0.02  # ... and zero-shot accuracy at most 2 points
+N_REFERENCE_SYNTH = 1024
+GALLERY_TOP = 10  # images per row of the retrieval gallery figure
+
+
+def parse_data(spec: str) -> tuple[str, Optional[Path]]:
+    """"synthsocial" or "<kind>:DIR" → (kind, folder); checks the kind and that the folder exists."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"--data must be 'synthsocial' or one of {DATA_KINDS[1:]} as 'KIND:DIR', got {spec!r}")
+    if spec == "synthsocial":
+        return "synthsocial", None
+    kind, sep, folder = spec.partition(":")
+    if not sep or kind not in DATA_KINDS[1:] or not folder:
+        raise ValueError(f"--data {spec!r}: expected 'synthsocial' or KIND:DIR with KIND one of "
+                         f"{', '.join(DATA_KINDS[1:])} (e.g. fairface:/data/fairface)")
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data {spec!r}: no folder {str(path)!r}")
+    return kind, path
+
+
+def _load_real(kind: str, folder: Path):
+    from workbench.data.real import SISPI, CelebA, FairFace, UTKFace
+
+    if kind == "fairface":
+        return FairFace(folder, split="val")
+    if kind == "utkface":
+        return UTKFace(folder)
+    if kind == "sispi":
+        return SISPI(folder)
+    return CelebA(folder, split="test")
+
+
+def _halves(dataset, n_images: Optional[int], seed: int):
+    """Two disjoint seeded halves (reference, gallery) of a dataset, each with the dataset's label_names."""
+    from torch.utils.data import Subset
+
+    n = len(dataset)
+    if n < 4:
+        raise ValueError(f"the dataset has {n} images; the experts command needs at least 4 (a reference half and "
+                         "a gallery half)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    half = n // 2
+    parts = []
+    for part in (order[:half], order[half:]):
+        if n_images is not None:
+            part = part[:n_images]
+        subset = Subset(dataset, sorted(part))
+        subset.label_names = dict(dataset.label_names)
+        parts.append(subset)
+    return parts
+
+
+def _datasets(kind: str, folder: Optional[Path], seed: int, n_images: Optional[int]):
+    """(reference, gallery, target or None, queries or None) for a data kind."""
+    from workbench.data import SynthSocial, prompt_sets
+
+    if kind == "synthsocial":
+        reference = SynthSocial("test_balanced", seed=seed + 1, n=n_images or N_REFERENCE_SYNTH)
+        gallery = SynthSocial("test_balanced", seed=seed, n=n_images)
+        return reference, gallery, "occupation", None
+    reference, gallery = _halves(_load_real(kind, folder), n_images, seed)
+    if "occupation" in reference.label_names:
+        return reference, gallery, "occupation", None
+    return reference, gallery, None, list(prompt_sets("real").occupations)  # "a photo of an accountant", ...
+
+
+def pick_best(baseline: dict, variants: dict, attribute: str) -> Optional[str]:
+    """The variant with the lowest `{attribute}_ndkl` among those whose mAP drops ≤ 0.02 and zero-shot accuracy
+    ≤ 2 points against the baseline (a metric the gallery does not have is not checked); None if none qualifies."""
+    key = f"{attribute}_ndkl"
+    best, best_value = None, None
+    for name, metrics in variants.items():
+        if key not in metrics:
+            continue
+        if "map" in metrics and baseline["map"] - metrics["map"] > BEST_MAP_DROP + 1e-12:
+            continue
+        if "zero_shot_accuracy" in metrics and \
+                baseline["zero_shot_accuracy"] - metrics["zero_shot_accuracy"] > BEST_ZERO_SHOT_DROP + 1e-12:
+            continue
+        if best_value is None or metrics[key] < best_value:
+            best, best_value = name, metrics[key]
+    return best
+
+
+def _markdown(frame) -> str:
+    cols = [str(c) for c in frame.columns]
+    lines = ["| variant | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+    for name, row in frame.iterrows():
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row.tolist()) + " |")
+    return "\n".join(lines)
+
+
+def _thumbnail(image) -> torch.Tensor:
+    """A gallery image as a [3, ≤96, ≤96] float tensor in [0, 1] for the gallery figure."""
+    from workbench.data.base import pil_to_tensor
+
+    x = image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if max(x.shape[-2:]) > 96:
+        scale = 96 / max(x.shape[-2:])
+        size = [max(1, round(s * scale)) for s in x.shape[-2:]]
+        x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", antialias=True)[0]
+    return x.clamp(0, 1)
+
+
+def _raw_item(dataset, i: int):
+    """Item i of a dataset without its transform (the raw image), for thumbnails."""
+    from torch.utils.data import Subset
+
+    base, index = dataset, i
+    while isinstance(base, Subset):
+        base, index = base.dataset, base.indices[index]
+    saved = getattr(base, "transform", None)
+    try:
+        if saved is not None:
+            base.transform = None
+        return base[index][0]
+    finally:
+        if saved is not None:
+            base.transform = saved
+
+
+def _gallery_figure(result, gallery, attribute: str, names: dict, variant: str):
+    from workbench.viz import plot_retrieval_gallery
+
+    key = f"{attribute}_ndkl"
+    per_query = result.per_query["baseline"].get(key)
+    q = int(per_query.argmax()) if per_query is not None and len(per_query) == len(result.queries) else 0
+    thumbs, captions = {}, {}
+    for name in ("baseline", variant):
+        sim = result.embeddings[name] @ result.text[q]
+        top = sim.topk(min(GALLERY_TOP, len(sim))).indices.tolist()
+        thumbs[name] = [_thumbnail(_raw_item(gallery, i)) for i in top]
+        codes = result.labels[attribute][top].tolist()
+        captions[name] = [names.get(c, str(c)) for c in codes]
+    return plot_retrieval_gallery(thumbs, captions, result.queries[q],
+                                  title=f"top {GALLERY_TOP} for {result.queries[q]!r}: baseline vs {variant}")
+
+
+def _write_figure(folder: Path, name: str, figure) -> None:
+    """figures/NAME.html reading plotly.js from figures/plotly.min.js (written once: ~4.5 MB, not once per figure)."""
+    from workbench.files import write_text_atomic
+
+    script = folder / "plotly.min.js"
+    if not script.exists():
+        from plotly.offline import get_plotlyjs
+
+        write_text_atomic(script, get_plotlyjs())
+    write_text_atomic(folder / f"{name}.html", figure.to_html(include_plotlyjs="directory"))
+
+
+def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrained: Optional[str] = None,
+                checkpoint: Optional[str] = None, device: str = "cpu", data: str = "synthsocial",
+                attribute: str = "gender", layers="last", select=None, n_images: Optional[int] = None,
+                seed: int = 0, n_boot: int = 1000, batch_size: int = 128, progress: bool = True) -> dict:
+    """Run the expert-heads method end to end and write the report into `out_dir` (see the module docstring).
+
+    model: an already loaded HookedCLIP (otherwise `load_clip(model_name, pretrained, checkpoint, device)`).
+    layers: "last", "all" or a list of layer indices; select: `top_k(k)`, `ap_above(t)` or "bias_attribution".
+    n_images: cap on the reference and gallery sizes (default: SynthSocial 1,024 / 2,048; real data all).
+    Returns the summary dict (also written as summary.json).
+    """
+    from workbench.evaluation import evaluate_variants
+    from workbench.files import check_writable_dir, write_json_atomic, write_text_atomic
+    from workbench.methods.expert_heads import (expert_variants, extract_head_writes, find_expert_heads,
+                                               variant_spec)
+    from workbench.primitives import ModelRef
+    from workbench.viz import plot_expert_heads, plot_metric_bars, plot_neuron_ap
+
+    start = time.perf_counter()
+    out = check_writable_dir(out_dir, "experts output folder")  # before any work, so no result is lost
+    kind, folder = parse_data(data)
+    if n_images is not None and (isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 2):
+        raise ValueError(f"n_images must be an integer ≥ 2, got {n_images!r}")
+    if model is None:
+        from workbench.models import load_clip
+
+        model = load_clip(model_name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+    reference, gallery, target, queries = _datasets(kind, folder, seed, n_images)
+    keys = reference[0][1]
+    if attribute not in keys:
+        raise ValueError(f"the {kind} data has no label {attribute!r}; choose --attribute from {sorted(keys)}")
+    others = [a for a in ("gender", "ethnicity") if a != attribute and a in keys]
+
+    writes = extract_head_writes(model, reference, layers, batch_size=batch_size, progress=progress)  # one pass
+    finding, *other_findings = [find_expert_heads(model, reference, a, layers=layers, select=select, queries=queries,
+                                                  target=target, seed=seed, writes=writes)
+                                for a in (attribute, *others)]
+    variants = expert_variants(finding, intersect=other_findings)
+    groups = tuple(dict.fromkeys([attribute, *others]))
+    eval_kwargs = {} if queries is None else {"queries": queries}
+    result = evaluate_variants(model, gallery, variants, target=target, groups=groups, n_boot=n_boot, seed=seed,
+                               batch_size=batch_size, progress=progress, **eval_kwargs)
+
+    specs = out / "specs"
+    specs.mkdir(exist_ok=True)
+    tag = {"probe_ap": finding.selection_tag("probe_ap"), "bias_attribution": finding.selection_tag("bias_attribution")}
+    for name, iv in variants.items():
+        sel = next((s for s, t in tag.items() if t in name), None)
+        variant_spec(model, name, iv, finding, selection=sel or "").save(specs / f"{name}.json")
+
+    table = result.table
+    metrics = {v: dict(zip(g["metric"], g["value"])) for v, g in table.groupby("variant", sort=False)}
+    intervals = {v: {m: [lo, hi] for m, lo, hi in zip(g["metric"], g["lo"], g["hi"])}
+                 for v, g in table.groupby("variant", sort=False)}
+    baseline = metrics["baseline"]
+    names = [v for v in result.variants if v != "baseline"]
+    best = pick_best(baseline, {v: metrics[v] for v in names}, attribute)
+
+    wide = result.wide()
+    for m in list(wide.columns):
+        lo_hi = table[table["metric"] == m].set_index("variant").reindex(wide.index)
+        wide[f"{m}_lo"], wide[f"{m}_hi"] = lo_hi["lo"].values, lo_hi["hi"].values
+    wide.index.name = "variant"
+    write_text_atomic(out / "table.csv", wide.to_csv(float_format="%.6g"))
+    md = result.wide(intervals=True)
+    noisy = result.comparisons
+    for m in md.columns:
+        beyond = set(noisy[(noisy["metric"] == m) & noisy["beyond_noise"]]["variant"])
+        md[m] = [f"{v} *" if name in beyond else v for name, v in zip(md.index, md[m])]
+    key = f"{attribute}_ndkl"
+    header = (f"# expert heads: {attribute} on {data}\n\nvalue [95 % bootstrap interval over queries]; * = the paired "
+              f"difference to the baseline is beyond noise (its 95 % interval excludes 0). Best: {best}.\n\n")
+    write_text_atomic(out / "table.md", header + _markdown(md) + "\n")
+    write_text_atomic(out / "heads.csv", finding.table.to_csv(index=False, float_format="%.6g"))
+    write_text_atomic(out / "neurons.csv", finding.neurons.to_csv(index=False, float_format="%.6g"))
+
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    _write_figure(figures, "expert_heads", plot_expert_heads(
+        finding.table, title=f"{attribute}: probe AP and bias attribution per head"))
+    experts = finding.selections["probe_ap"]
+    non_experts = finding.table[~finding.table["selected_ap"]].sort_values("ap").head(len(experts))
+    _write_figure(figures, "neuron_ap", plot_neuron_ap(
+        finding.neurons, experts, [(int(l), int(h)) for l, h in zip(non_experts["layer"], non_experts["head"])],
+        title=f"{attribute}: per-neuron AP in the probe-AP experts (top) and the lowest-AP heads"))
+    shown = [m for m in (key, *(f"{a}_ndkl" for a in others), "map", "zero_shot_accuracy") if m in set(table["metric"])]
+    _write_figure(figures, "metrics", plot_metric_bars(table, shown))
+    label_names = getattr(gallery, "label_names", {}) or {}
+    names_of = dict(enumerate(label_names.get(attribute, ())))
+    shown_variant = best or names[0]
+    _write_figure(figures, "gallery", _gallery_figure(result, gallery, attribute, names_of, shown_variant))
+
+    ref = ModelRef.of(model)
+    cut = None
+    if best is not None and baseline.get(key):
+        cut = 1 - metrics[best][key] / baseline[key]
+    summary = {
+        "method": "expert_heads",
+        "model": {"name": ref.name, "pretrained": ref.pretrained, "fingerprint": ref.fingerprint},
+        "data": data, "attribute": attribute, "seconds": round(time.perf_counter() - start, 2),
+        "baseline": baseline,
+        "variants": [{"name": v, "metrics": metrics[v], "intervals": intervals[v], "spec": f"specs/{v}.json",
+                      "path": result.paths.get(v)} for v in names],
+        "best": best,
+        "best_cut": cut,
+        "best_beyond_noise": None if best is None else bool(result.beyond_noise(best, "baseline", key)),
+        "finding": finding.summary(),
+        "intersect": [f.summary() for f in other_findings],
+        "reference": repr(reference), "gallery": repr(gallery),
+    }
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def _layers_arg(text: str):
+    if text in ("last", "all"):
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--layers must be 'last', 'all' or comma-separated layer indices (e.g. 10,11), "
+                         f"got {text!r}") from None
+
+
+def _select_arg(args):
+    from workbench.methods.expert_heads import ap_above, top_k
+
+    if args.ap_above is not None:
+        return ap_above(args.ap_above)
+    return top_k(args.k, by="ap" if args.select == "ap" else "bias_attribution")
+
+
+def cmd_experts(args) -> int:
+    """`workbench experts`: run_experts with the parsed arguments; prints where the report is and the best variant."""
+    summary = run_experts(args.out, model_name=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
+                          device=args.device, data=args.data, attribute=args.attribute,
+                          layers=_layers_arg(args.layers), select=_select_arg(args), n_images=args.n_images,
+                          seed=args.seed, n_boot=args.n_boot, progress=not args.quiet)
+    key = f"{args.attribute}_ndkl"
+    best = summary["best"]
+    line = f"best: {best}" if best is None else (
+        f"best: {best} ({key} {summary['baseline'].get(key, float('nan')):.4f} → "
+        f"{next(v['metrics'][key] for v in summary['variants'] if v['name'] == best):.4f}, "
+        f"beyond noise: {summary['best_beyond_noise']})")
+    print(f"wrote {Path(args.out) / 'summary.json'} ({len(summary['variants'])} variants, "
+          f"{summary['seconds']:.0f} s); {line}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register `workbench experts` on the console script's subparsers."""
+    p = sub.add_parser("experts", help="expert heads: find, intervene, evaluate, report (docs/methods.md)")
+    p.add_argument("--model", default="synthsocial", help="embedded name or open_clip architecture (default: synthsocial)")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
+    p.add_argument("--checkpoint", default=None, help="local weights (.safetensors, or .pt read weights-only)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", default="synthsocial", help="synthsocial | fairface:DIR | utkface:DIR | sispi:DIR | "
+                   "celeba:DIR (a local folder, split in a reference and a gallery half)")
+    p.add_argument("--attribute", default="gender", help="protected label: gender, ethnicity, age, or any label key")
+    p.add_argument("--layers", default="last", help="last | all | comma-separated layer indices (default: last)")
+    p.add_argument("--select", choices=("ap", "bias_attribution"), default="ap",
+                   help="rank heads by held-out probe AP (the paper) or bias attribution; both are reported")
+    p.add_argument("--k", type=int, default=3, help="number of expert heads (default 3)")
+    p.add_argument("--ap-above", type=float, default=None, help="select every head with probe AP above this instead")
+    p.add_argument("--n-images", type=int, default=None, help="cap on reference and gallery sizes")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", required=True, help="report folder (checked to be writable before any work)")
+    p.set_defaults(func=cmd_experts)
