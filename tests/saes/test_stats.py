@@ -73,8 +73,10 @@ def test_ap_one_vs_rest_for_more_classes(stats):
 
 def test_bad_inputs_are_specific_errors(stats):
     with pytest.raises(ValueError, match=r"acts must be \[n, d_sae\], got shape \[2, 5, 3\] \(one row per token: "
-                                         r"extract with position='pooled'"):
+                                         r"pass reduce='max' or 'mean'"):
         LatentStats(torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match="reduce must be None, 'max' or 'mean'"):
+        LatentStats(torch.zeros(2, 5, 3), reduce="sum")
     with pytest.raises(ValueError, match="acts is empty"):
         LatentStats(torch.zeros(0, 3))
     with pytest.raises(ValueError, match="finite floating-point"):
@@ -118,6 +120,18 @@ def test_compute_is_one_extraction_pass_of_the_spliced_latents(model, dataset, t
     again = LatentStats.from_store(ActivationStore.open(tmp_path / "store"))
     assert again.site == site and torch.equal(again.acts, stats.acts)
     assert again.group_means("age").equals(stats.group_means("age"))
+
+
+def test_token_latents_reduce_to_one_row_per_item(model, dataset):
+    tokens = torch.tensor([[[0.0, 1.0], [2.0, 0.0]], [[4.0, 0.0], [0.0, 0.0]]])
+    assert torch.equal(LatentStats(tokens, reduce="max").acts, torch.tensor([[2.0, 1.0], [4.0, 0.0]]))
+    assert torch.equal(LatentStats(tokens, reduce="mean").acts, torch.tensor([[1.0, 0.5], [2.0, 0.0]]))
+    data, x = dataset
+    sae = random_sae(64, 24, seed=9)
+    site = "blocks.2.hook_resid_post"
+    stats = LatentStats.compute(model, sae, data, site=site, position="all", reduce="max", preprocess=False)
+    _, cache = model.run_with_cache(x, names_filter=site)
+    assert_fp32_close(stats.acts, sae.encode(cache[site]).amax(1))
 
 
 def test_compute_on_an_embedding_and_on_prompts(model, dataset):

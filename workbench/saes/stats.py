@@ -36,17 +36,22 @@ class LatentStats:
     """Per-latent statistics of SAE latents `acts` [n, d_sae] over n items (images or prompts).
 
     labels: {key: [n] ints} (e.g. a store's labels); label_names: {key: [name of value 0, 1, ...]} used for the
-    group column. threshold: a latent fires on an item when its activation is > threshold.
+    group column. threshold: a latent fires on an item when its activation is > threshold. reduce: "max" or
+    "mean" turns token latents [n, pos, d_sae] into one row per item (the latent's max / mean over tokens).
     """
 
     def __init__(self, acts: Tensor, labels: Optional[Mapping[str, Tensor]] = None,
                  label_names: Optional[Mapping[str, Sequence[str]]] = None, site: Optional[str] = None,
-                 threshold: float = 0.0):
+                 threshold: float = 0.0, reduce: Optional[str] = None):
         if not isinstance(acts, Tensor):
             raise TypeError(f"acts must be a tensor [n, d_sae], got {type(acts).__name__}")
+        if reduce not in (None, "max", "mean"):
+            raise ValueError(f"reduce must be None, 'max' or 'mean' (over the token axis), got {reduce!r}")
+        if reduce is not None and acts.ndim == 3:
+            acts = acts.amax(1) if reduce == "max" else acts.mean(1)
         if acts.ndim != 2:
-            hint = (" (one row per token: extract with position='pooled' or an int position, or reduce the "
-                    "token axis yourself, e.g. acts.amax(1))" if acts.ndim == 3 else "")
+            hint = (" (one row per token: pass reduce='max' or 'mean', or extract with position='pooled' or an "
+                    "int position)" if acts.ndim == 3 else "")
             raise ValueError(f"acts must be [n, d_sae], got shape {list(acts.shape)}{hint}")
         if acts.shape[0] == 0 or acts.shape[1] == 0:
             raise ValueError(f"acts is empty (shape {list(acts.shape)}); nothing to summarise")
@@ -67,7 +72,8 @@ class LatentStats:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_store(cls, store, site: Optional[str] = None, threshold: float = 0.0) -> "LatentStats":
+    def from_store(cls, store, site: Optional[str] = None, threshold: float = 0.0,
+                   reduce: Optional[str] = None) -> "LatentStats":
         """From an ActivationStore holding `{site}.hook_sae_acts_post` (the one such site if `site` is None),
         with the store's labels and label names."""
         if site is None:
@@ -81,18 +87,18 @@ class LatentStats:
             if hook not in store.sites:
                 raise ValueError(f"the store has no {hook!r}; its sites are {store.sites}")
         return cls(store[hook], store.labels, store.label_names, site=hook[: -len(".hook_sae_acts_post")],
-                   threshold=threshold)
+                   threshold=threshold, reduce=reduce)
 
     @classmethod
     def compute(cls, model, sae, data, site: Optional[str] = None, position="pooled", batch_size: int = 64,
                 cache_dir=None, labels: Optional[Mapping[str, Tensor]] = None, threshold: float = 0.0,
-                progress: bool = False, **extract_kwargs) -> "LatentStats":
+                reduce: Optional[str] = None, progress: bool = False, **extract_kwargs) -> "LatentStats":
         """One extraction pass of the SAE's latents over `data`: a dataset of images (as `extract` takes) or a
         list of prompts (text-tower sites, as `extract_text` takes; pass `labels` for them).
 
         The SAE is spliced at `site` (default: the site it records) for the pass, with the error term, unless
-        one is spliced there already. position: "pooled" (the CLS / EOT token), an int, or "all" (not
-        summarisable per item: reduce it yourself). `cache_dir`: keep the latents in a store on disk.
+        one is spliced there already. position: "pooled" (the CLS / EOT token), an int, or "all" with
+        reduce="max" / "mean" (over tokens). `cache_dir`: keep the latents in a store on disk.
         """
         from workbench.activations import extract, extract_text
 
@@ -114,7 +120,7 @@ class LatentStats:
         else:
             store = run(model, data, [hook], **kwargs)
         return cls(store[hook], labels if labels is not None else store.labels,
-                   store.label_names if labels is None else None, site=site, threshold=threshold)
+                   store.label_names if labels is None else None, site=site, threshold=threshold, reduce=reduce)
 
     # ------------------------------------------------------------------ tables
     def firing(self) -> Tensor:
