@@ -247,3 +247,23 @@ def test_bad_input_is_refused(model, dataset):
         small = evaluate_variants(model, (images[:64], {k: v[:64] for k, v in labels.items()}), {}, n_boot=N_BOOT,
                                   progress=False, captions=False)
     assert "gender_maxskew_at_64" in small.metrics and isinstance(small, EvaluationResult)
+
+
+def test_a_gallery_without_a_target_label(model, dataset, result):
+    images, labels = dataset.tensors()
+    faces = {"gender": labels["gender"], "ethnicity": labels["ethnicity"]}  # like FairFace: no occupation
+    prompts = ["a photo of a nurse", "a photo of a pilot", "a photo of a chef"]
+    got = evaluate_variants(model, (images, faces), {"last_zero": ablate_heads([(5, 1), (5, 3)], op="zero")},
+                            queries=prompts, target=None, word_lists={}, n_boot=N_BOOT, progress=False)
+    assert got.metrics == ["gender_ndkl", "ethnicity_ndkl", "gender_ethnicity_ndkl", "gender_maxskew_at_100",
+                           "ethnicity_maxskew_at_100"]
+    emb = got.embeddings["baseline"]
+    assert_fp32_close(emb, result.embeddings["baseline"])
+    sim = model.encode_text(prompts, normalize=True).float() @ emb.T
+    assert _metric(got, "baseline", "gender_ndkl").value == pytest.approx(ndkl(sim, faces["gender"], n_groups=2),
+                                                                          abs=1e-6)
+    assert _metric(got, "baseline", "gender_ndkl").n == 3
+    with pytest.raises(ValueError, match="with target=None pass queries as a non-empty list of prompts"):
+        evaluate_variants(model, (images, faces), {}, target=None, progress=False)
+    with pytest.raises(ValueError, match="labels have no key 'occupation'"):
+        evaluate_variants(model, (images, faces), {}, progress=False)

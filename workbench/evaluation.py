@@ -425,10 +425,10 @@ class _Protocol:
 
     labels: dict
     label_names: Mapping
-    target: str
+    target: Optional[str]
     groups: tuple
-    codes: list  # target class code of each query
-    relevant: Tensor  # [n_queries, n] bool
+    codes: Optional[list]  # target class code of each query (None without a target)
+    relevant: Optional[Tensor]  # [n_queries, n] bool (None: every image is relevant)
     top_k: int
     prompts: dict  # set name -> unique prompts to encode
     word_lists: dict  # list name -> indices into prompts["words"]
@@ -471,22 +471,32 @@ def _protocol(model, labels, label_names, n, queries, target, groups, word_lists
     if isinstance(groups, str):
         groups = (groups,)
     groups = tuple(groups)
-    for key in (target, *groups):
+    for key in ((target,) if target is not None else ()) + groups:
         if key not in label_names:
             raise ValueError(f"no class names for label {key!r}: pass label_names={{{key!r}: [...], ...}} "
                              "(e.g. dataset.label_names)")
-    classes = tuple(label_names[target])
-    if queries is None:
-        queries = {c: f"a photo of a {c}" for c in classes}
-    prompts, codes = query_prompts(queries, classes, target)
-    y = _label_tensor(labels, target, n, "target")
     for g in groups:
         _label_tensor(labels, g, n, "group")
-    relevant = y[None, :] == torch.tensor(codes)[:, None]
-    empty = [classes[c] for c, r in zip(codes, relevant) if not r.any()]
-    if empty:
-        raise ValueError(f"no image of {target!r} class(es) {empty} in the gallery: mAP, NDCG and NDKL are undefined "
-                         "for their queries; drop those queries (queries={class: prompt} for the classes present)")
+    if target is None:  # no class label: every image is relevant to every query, no utility metrics
+        if queries is None or isinstance(queries, (str, Mapping)) or not list(queries):
+            raise ValueError("with target=None pass queries as a non-empty list of prompts (e.g. "
+                             "prompt_sets('real').occupations); there are no classes to build them from")
+        prompts, codes, relevant = list(queries), None, None
+        bad = [q for q in prompts if not isinstance(q, str)]
+        if bad:
+            raise TypeError(f"every query must be a prompt string, got {type(bad[0]).__name__}")
+    else:
+        classes = tuple(label_names[target])
+        if queries is None:
+            queries = {c: f"a photo of a {c}" for c in classes}
+        prompts, codes = query_prompts(queries, classes, target)
+        y = _label_tensor(labels, target, n, "target")
+        relevant = y[None, :] == torch.tensor(codes)[:, None]
+        empty = [classes[c] for c, r in zip(codes, relevant) if not r.any()]
+        if empty:
+            raise ValueError(f"no image of {target!r} class(es) {empty} in the gallery: mAP, NDCG and NDKL are "
+                             "undefined for their queries; drop those queries (queries={class: prompt} for the classes "
+                             "present)")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if top_k > n:
@@ -559,23 +569,25 @@ def _per_query_metrics(emb: Tensor, text: Mapping[str, Tensor], p: _Protocol) ->
 
     out: dict[str, tuple[str, Any]] = {}
     sim = (text["queries"] @ emb.T).numpy()  # [n_queries, n]
-    rel = p.relevant.numpy()
-    y = p.labels[p.target].numpy()
-    queried = rel.any(0)
-    position = np.full(len(p.label_names[p.target]), -1)
-    position[p.codes] = np.arange(len(p.codes))
-    # zero-shot: the best query's class (ties to the lower query, as `zero_shot_accuracy`), per image
-    predicted = rank(sim.T[queried], 1)[:, 0]
-    out["zero_shot_accuracy"] = ("images", (predicted == position[y[queried]]).astype(np.float64))
-    out["map"] = ("queries", mean_average_precision(sim, rel, return_per_query=True)["average_precision"].to_numpy())
-    out["ndcg"] = ("queries", ndcg(sim, rel, return_per_query=True)["ndcg"].to_numpy())
+    rel = None if p.relevant is None else p.relevant.numpy()
+    if rel is not None:
+        y = p.labels[p.target].numpy()
+        queried = rel.any(0)
+        position = np.full(len(p.label_names[p.target]), -1)
+        position[p.codes] = np.arange(len(p.codes))
+        # zero-shot: the best query's class (ties to the lower query, as `zero_shot_accuracy`), per image
+        predicted = rank(sim.T[queried], 1)[:, 0]
+        out["zero_shot_accuracy"] = ("images", (predicted == position[y[queried]]).astype(np.float64))
+        out["map"] = ("queries", mean_average_precision(sim, rel, return_per_query=True)["average_precision"]
+                      .to_numpy())
+        out["ndcg"] = ("queries", ndcg(sim, rel, return_per_query=True)["ndcg"].to_numpy())
     group_codes = {g: p.labels[g].numpy() for g in p.groups}
     sizes = {g: len(p.label_names[g]) for g in p.groups}
-    for g in p.groups:
+    for g in p.groups:  # SISPI: over the query's class in ranking order; without a target, over every image
         out[f"{g}_ndkl"] = ("queries", ndkl(sim, group_codes[g], n_groups=sizes[g], relevant_mask=rel,
                                             return_per_query=True)["ndkl"].to_numpy())
     if len(p.groups) > 1:  # the intersection: one code per combination, Q uniform over all of them
-        joint, size = np.zeros_like(y), 1
+        joint, size = np.zeros(sim.shape[1], dtype=np.int64), 1
         for g in p.groups:
             joint, size = joint * sizes[g] + group_codes[g], size * sizes[g]
         out["_".join(p.groups) + "_ndkl"] = ("queries", ndkl(sim, joint, n_groups=size, relevant_mask=rel,
@@ -612,7 +624,7 @@ def _per_query_metrics(emb: Tensor, text: Mapping[str, Tensor], p: _Protocol) ->
 
 
 def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Queries] = None,
-                      target: str = "occupation", groups: Sequence[str] = ("gender", "ethnicity"),
+                      target: Optional[str] = "occupation", groups: Sequence[str] = ("gender", "ethnicity"),
                       word_lists: Optional[Mapping[str, Sequence[str]]] = None, captions=None, top_k: int = 100,
                       label_names: Optional[Mapping[str, Sequence[str]]] = None, n_boot: int = 1000, seed: int = 0,
                       batch_size: int = 256, use_cache: bool = True, progress: bool = True) -> EvaluationResult:
@@ -627,6 +639,8 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
             ("baseline": None) is added first if absent.
         queries: {`target` class: prompt} (default "a photo of a {class}" for every class): zero-shot accuracy,
             map / ndcg (relevance = class match over the whole gallery), NDKL (SISPI protocol) and MaxSkew@top_k.
+            target=None (a gallery without a class label, e.g. FairFace): queries is a list of prompts;
+            zero-shot, map and ndcg are skipped and NDKL runs over every image in ranking order.
         groups: protected label keys: `{g}_ndkl`, `{g}_maxskew_at_{top_k}`, `{g}_entropy_{list}`, and the
             intersection `{g1}_{g2}_ndkl` (Q uniform over every combination).
         word_lists: {name: prompts} for normalized entropy of each group over the top_k images (So-B-IT
