@@ -158,7 +158,8 @@ def test_spec_export_load_apply_reproduces_a_spliced_edit_exactly(model, x, sae,
         out = model.encode_image(x)
     assert not model.spliced_saes()
     assert torch.equal(out, expected)
-    with pytest.raises(SAEError, match=r"ran on the SAE spliced at 'blocks.2.hook_resid_post'.*use apply\(model, spec\)"):
+    with pytest.raises(SAEError, match=r"ran on the SAE spliced at 'blocks.2.hook_resid_post'.*"
+                                       r"use apply\(model, spec\)"):
         loaded.hooks(model)
     with model.saes((sae, SITE), use_error_term=not use_error_term), \
             pytest.raises(SAEError, match=f"has use_error_term={not use_error_term}, but the spec's edits ran with"):
@@ -182,7 +183,8 @@ def test_splice_errors_are_specific(model, x, sae):
     model.add_sae(sae, site=SITE)
     with pytest.raises(SpliceError, match=r"already spliced at 'blocks.2.hook_resid_post'; remove it first"):
         model.add_sae(sae, site=SITE)
-    with pytest.raises(SpliceError, match=r"cannot splice the SAE.*no hook point named 'blocks.2.hook_resid_post.hook_sae_input.x'"):
+    with pytest.raises(SpliceError, match=r"cannot splice the SAE.*no hook point named "
+                                          r"'blocks.2.hook_resid_post.hook_sae_input.x'"):
         model.add_sae(sae, site=SITE + ".hook_sae_input.x")
     model.remove_saes()
     with model.hooks(fwd_hooks=[(SITE, lambda t, hook: t)]):
@@ -196,7 +198,8 @@ def test_recorded_site_and_fingerprint_are_checked_on_splice(model, tmp_path, sa
     loaded = load_sae(save_sae(random_sae(64, 8), tmp_path / "s", model=model, site=SITE))
     assert model.add_sae(loaded) == SITE  # spliced at the site it records
     model.remove_saes()
-    with pytest.raises(SAEMismatchError, match=r"trained at 'blocks.2.hook_resid_post', not 'blocks.1.hook_resid_post'"):
+    with pytest.raises(SAEMismatchError, match=r"trained at 'blocks.2.hook_resid_post', "
+                                               r"not 'blocks.1.hook_resid_post'"):
         model.add_sae(loaded, site="blocks.1.hook_resid_post")
     loaded.cfg.metadata.workbench_model_fingerprint = "0" * 64
     with pytest.raises(SAEMismatchError, match="fingerprint 000000000000….*strict=False"):
@@ -225,8 +228,8 @@ def test_an_sae_passed_to_intervene_must_be_the_spliced_one(model, x, sae):
             same = model.encode_image(x)
         with intervene(model, edit):
             assert torch.equal(model.encode_image(x), same)
-        with pytest.raises(EditTargetError, match=r"another SAE is spliced at 'blocks.2.hook_resid_post' and the edits act "
-                                            r"on it; drop sae="):
+        with pytest.raises(EditTargetError, match=r"another SAE is spliced at 'blocks.2.hook_resid_post' and "
+                                                  r"the edits act on it; drop sae="):
             with intervene(model, edit, sae=random_sae(64, 128, seed=8)):
                 pass
 

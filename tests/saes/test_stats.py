@@ -167,6 +167,7 @@ def test_from_store_picks_the_latent_site(model, dataset):
         store = extract(model, data, [latent_hook("hook_image_embed"), "hook_image_embed"], preprocess=False,
                         progress=False)
     assert LatentStats.from_store(store).site == "hook_image_embed"
-    assert torch.equal(LatentStats.from_store(store, site="hook_image_embed").acts, store[latent_hook("hook_image_embed")])
+    picked = LatentStats.from_store(store, site="hook_image_embed")
+    assert torch.equal(picked.acts, store[latent_hook("hook_image_embed")])
     with pytest.raises(ValueError, match="the store has no 'blocks.0.hook_resid_post.hook_sae_acts_post'"):
         LatentStats.from_store(store, site="blocks.0.hook_resid_post")

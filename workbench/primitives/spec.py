@@ -405,10 +405,10 @@ def apply(model, spec: Union[InterventionSpec, PathLike], sae=None, strict_finge
     try:
         for site in spec.splice_sites():  # the edits ran on a spliced SAE: splice it again for the block
             if spliced(model, site):
-                mine = model.hook_dict[site].spliced
-                if getattr(mine, "use_error_term", None) != spec.sae.use_error_term:
-                    raise SAEError(f"the SAE spliced at {site!r} has use_error_term={getattr(mine, 'use_error_term', None)}, "
-                                   f"but the spec's edits ran with use_error_term={spec.sae.use_error_term}")
+                mine = getattr(model.hook_dict[site].spliced, "use_error_term", None)
+                if mine != spec.sae.use_error_term:
+                    raise SAEError(f"the SAE spliced at {site!r} has use_error_term={mine}, but the spec's edits "
+                                   f"ran with use_error_term={spec.sae.use_error_term}")
                 continue
             spec._check_fingerprint(model, strict_fingerprint)
             model.add_sae(sae if sae is not None else spec.load_sae(device=model.device), site=site,
@@ -552,7 +552,8 @@ class _Parser:
             if s.get("splice") is not None:
                 sp = self.obj(s["splice"], "sae.splice", {"use_error_term"}, {"use_error_term"})
                 if not isinstance(sp["use_error_term"], bool):
-                    raise self.fail("sae.splice.use_error_term", f"expected true or false, got {_type(sp['use_error_term'])}")
+                    raise self.fail("sae.splice.use_error_term",
+                                    f"expected true or false, got {_type(sp['use_error_term'])}")
                 use_error_term = sp["use_error_term"]
             sae = SAERef(self.string(s["path"], "sae.path"), digest, use_error_term)
         alpha = doc.get("alpha", 1.0)
