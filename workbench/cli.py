@@ -4,6 +4,7 @@
     workbench info [--model NAME]  model summary, hook names and a decomposition check
     workbench card [--model NAME]  measured properties of a model on SynthSocial test_balanced
     workbench train-toy            re-train the embedded SynthSocial CLIP (seeded, a few minutes)
+    workbench sae list|train|info  the shipped SAEs: figures, re-training one (`--preset NAME`), top latents
     workbench experts --out DIR    expert heads: find, intervene, evaluate; report, figures and specs in DIR
 """
 from __future__ import annotations
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 reproduces the shipped checkpoint)")
     p.add_argument("--out", default=None, help="output folder (default: the package's pretrained folder)")
     p.set_defaults(func=cmd_train_toy)
+
+    from workbench.saes.command import add_parser as add_sae_parser
+
+    add_sae_parser(sub)  # workbench sae list | train | info
 
     from workbench.experts_command import add_parser as add_experts_parser
 

@@ -112,8 +112,8 @@ def _sae_config(architecture: str, d_in: int, d_sae: int, k, l1_coefficient, fra
         return sae_lens.TopKTrainingSAEConfig(k=int(k), **aux, **common)
     if architecture == "batchtopk":
         return sae_lens.BatchTopKTrainingSAEConfig(k=float(k), **aux, **common)
-    return sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(k=float(k), matryoshka_widths=matryoshka_widths(d_sae, fractions),
-                                                          **aux, **common)
+    widths = matryoshka_widths(d_sae, fractions)
+    return sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(k=float(k), matryoshka_widths=widths, **aux, **common)
 
 
 def _training_sae(cfg):
@@ -246,8 +246,9 @@ def train_sae(model, data, site: str, architecture: Optional[str] = None, *, pre
         "aux_coefficient": aux_coefficient, "steps": steps, "batch_size": batch_size, "lr": lr,
         "lr_warm_up_steps": warm_up, "dead_feature_window": dead_window, "seed": seed, "preset": preset,
     }
-    metadata = {"model_name": model.name, "hook_name": site, META_TOWER: tower, META_FINGERPRINT: run["model_fingerprint"],
-                "workbench_position": position, "training_tokens": steps * batch_size, "workbench_training": run}
+    metadata = {"model_name": model.name, "hook_name": site, META_TOWER: tower,
+                META_FINGERPRINT: run["model_fingerprint"], "workbench_position": position,
+                "training_tokens": steps * batch_size, "workbench_training": run}
     torch.manual_seed(seed)  # the initialisation
     sae = _training_sae(_sae_config(architecture, d_in, d_sae, k, l1_coefficient, matryoshka_fractions,
                                     aux_coefficient, metadata))
