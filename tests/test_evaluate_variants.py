@@ -236,6 +236,8 @@ def test_bad_input_is_refused(model, dataset):
         run(groups=("religion",))
     with pytest.raises(ValueError, match="gallery is empty"):
         evaluate_variants(model, (torch.zeros(0, 3, 64, 64), {}), {}, progress=False)
+    with pytest.raises(ValueError, match="needs a CLIP model with both towers"):
+        evaluate_variants(model.visual, dataset, {}, progress=False)
     with pytest.raises(TypeError, match="gallery must be a dataset"):
         evaluate_variants(model, 3, {}, progress=False)
     images, labels = dataset.tensors()

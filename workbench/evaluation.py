@@ -1,4 +1,5 @@
-"""Evaluation: embed a gallery, then report zero-shot accuracy and retrieval fairness for any prompts.
+"""Evaluation: embed a gallery, then report zero-shot accuracy and retrieval fairness for any prompts; evaluate
+edited variants of a model side by side with intervals.
 
     emb = embed_images(model, images)                       # [n, d_embed], L2-normalised
     report = retrieval_report(model, emb, labels,
@@ -9,6 +10,15 @@
 Both run under whatever hooks are active on the model, so they measure an intervened model as well
 (`with intervene(model, edits): ...`). Metric keys are snake_case and stable across the package
 (docs/metrics.md).
+
+    result = evaluate_variants(model, SynthSocial("test_balanced"), {"zero": iv, "proto": iv2})
+    result.wide()                                   # one row per variant (baseline first), one column per metric
+    result.beyond_noise("zero", "baseline", "gender_ndkl")   # paired bootstrap over queries
+
+`evaluate_variants` adds utility (mAP, NDCG), NDKL per group and for their intersection, word-list entropy,
+caption Recall@K and Bias@K, each with a 95 % bootstrap interval over queries, and evaluates variants confined to
+the last block's pooled row from one cached pass (`workbench.models.cls_tail.CLSTail`); docs/metrics.md,
+"Evaluation protocols".
 """
 from __future__ import annotations
 
@@ -666,8 +676,9 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
         raise ValueError(f"n_boot must be an integer >= 100 (bootstrap resamples for the 95 % intervals), got {n_boot!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if model.text is None:
-        raise ValueError("evaluate_variants needs a model with a text tower (queries are text)")
+    if getattr(model, "text", None) is None or not hasattr(model, "visual"):
+        raise ValueError("evaluate_variants needs a CLIP model with both towers (a HookedCLIP, e.g. load_clip(...)): "
+                         "the queries are text")
     plan = _variants(model, variants)
     batches, labels = _gallery_batches(model, gallery, batch_size)
     if label_names is None:
