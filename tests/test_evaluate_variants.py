@@ -269,3 +269,16 @@ def test_a_gallery_without_a_target_label(model, dataset, result):
         evaluate_variants(model, (images, faces), {}, target=None, progress=False)
     with pytest.raises(ValueError, match="labels have no key 'occupation'"):
         evaluate_variants(model, (images, faces), {}, progress=False)
+
+
+def test_hooks_already_on_the_model_turn_the_cache_off(model, dataset):
+    images, labels = dataset.tensors()
+    gallery = (images[:64], {k: v[:64] for k, v in labels.items()})
+    outer, inner = ablate_heads([(5, 2)], op="zero"), ablate_heads([(5, 1)], op="scale", factor=0.1)
+    with pytest.warns(UserWarning, match="fewer than top_k"), intervene(model, outer):
+        got = evaluate_variants(model, gallery, {"inner": inner}, captions=False, word_lists={}, n_boot=N_BOOT,
+                                progress=False)
+    assert got.paths["inner"] == "forward"  # the cached pass would have applied the outer edit twice
+    with intervene(model, outer + inner):
+        assert_fp32_close(got.embeddings["inner"], embed_images(model, gallery[0]))
+    assert repr(got).startswith("EvaluationResult(2 variants ['baseline', 'inner'], 8 metrics")

@@ -315,6 +315,10 @@ class EvaluationResult:
     _families: dict = field(default_factory=dict, repr=False)
     _family_of: dict = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:
+        return (f"EvaluationResult({len(self.variants)} variants {self.variants}, {len(self.metrics)} metrics, "
+                f"n_boot={self.n_boot}, seed={self.seed}, paths={self.paths})")
+
     @property
     def variants(self) -> list[str]:
         return list(self.embeddings)
