@@ -7,6 +7,7 @@ import torch
 
 from tests.models.archs import build_pair
 from tests.primitives.conftest import random_sae
+from tests.tolerance import assert_fp32_close
 from workbench.saes import (SAELoadError, SAEMismatchError, SAEMismatchWarning, SpliceError, load_sae,
                             read_sae_config, resolve_sae_path, save_sae, shipped_dir, shipped_saes)
 from workbench.saes.presets import SHIPPED
@@ -140,11 +141,26 @@ def test_save_refuses_an_sae_without_site_and_unserialisable_metadata(model, tmp
         save_sae(sae, tmp_path / "file", site=SITE)
 
 
-def test_shipped_names_resolve_to_the_shipped_folder():
-    names = shipped_saes()
-    assert set(names) <= set(SHIPPED)
-    for name in names:
+def test_shipped_saes_load_by_name_onto_the_shipped_model_and_splice_exactly():
+    from workbench import load_clip
+
+    assert shipped_saes() == sorted(SHIPPED)
+    clip = load_clip("synthsocial")
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = clip.preprocess(x)
+    text = clip.tokenize(["a photo of a nurse", "a photo of a doctor"])
+    plain_image, plain_text = clip.encode_image(x), clip.encode_text(text)
+    for name, recipe in SHIPPED.items():
         assert resolve_sae_path(name) == shipped_dir() / name
+        sae = load_sae(name, model=clip)  # site and fingerprint checked against the shipped model
+        meta = sae.cfg.metadata
+        assert meta.hook_name == recipe.site and meta.workbench_model_fingerprint == clip.fingerprint()
+        text_site = recipe.site.startswith("text.")
+        with clip.saes(sae, use_error_term=True):
+            out, cache = clip.run_with_cache(None if text_site else x, text=text if text_site else None,
+                                             names_filter=lambda n: n.startswith(recipe.site + "."))
+        assert_fp32_close(out, plain_text if text_site else plain_image, msg=name)
+        assert cache[f"{recipe.site}.hook_sae_acts_post"].shape[-1] == sae.cfg.d_sae
 
 
 def test_a_built_wheel_carries_the_shipped_saes(tmp_path):
