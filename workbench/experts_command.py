@@ -82,7 +82,7 @@ def _halves(dataset, n_images: Optional[int], seed: int):
 
 def _datasets(kind: str, folder: Optional[Path], seed: int, n_images: Optional[int]):
     """(reference, gallery, target or None, queries or None) for a data kind."""
-    from workbench.data import SynthSocial, prompt_sets
+    from workbench.data import SynthSocial
 
     if kind == "synthsocial":
         reference = SynthSocial("test_balanced", seed=seed + 1, n=n_images or N_REFERENCE_SYNTH)
@@ -91,7 +91,17 @@ def _datasets(kind: str, folder: Optional[Path], seed: int, n_images: Optional[i
     reference, gallery = _halves(_load_real(kind, folder), n_images, seed)
     if "occupation" in reference.label_names:
         return reference, gallery, "occupation", None
-    return reference, gallery, None, list(prompt_sets("real").occupations)  # "a photo of an accountant", ...
+    return reference, gallery, None, real_prompts()["occupations"]
+
+
+def real_prompts() -> dict[str, list[str]]:
+    """The prompt lists for real data (`prompt_sets("real")`): "occupations" ("a photo of an accountant", ...),
+    the retrieval queries of galleries without an occupation label, and "adjectives"; both are also the So-B-IT
+    word lists of the normalised-entropy metrics."""
+    from workbench.data import prompt_sets
+
+    sets = prompt_sets("real")
+    return {"occupations": list(sets.occupations), "adjectives": list(sets.adjectives)}
 
 
 def pick_best(baseline: dict, variants: dict, attribute: str) -> Optional[str]:
@@ -218,7 +228,12 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
                                 for a in (attribute, *others)]
     variants = expert_variants(finding, intersect=other_findings)
     groups = tuple(dict.fromkeys([attribute, *others]))
-    eval_kwargs = {} if queries is None else {"queries": queries}
+    eval_kwargs = {}
+    if kind != "synthsocial":  # the same lists as the queries (real vocabulary), whatever the model's name
+        words = real_prompts()
+        eval_kwargs["word_lists"] = {"adjectives": words["adjectives"], "occupations": words["occupations"]}
+    if queries is not None:
+        eval_kwargs["queries"] = queries
     result = evaluate_variants(model, gallery, variants, target=target, groups=groups, n_boot=n_boot, seed=seed,
                                batch_size=batch_size, progress=progress, **eval_kwargs)
 
