@@ -164,7 +164,7 @@ def _build_hooks(model, edits: list[Edit], sae, alpha: float) -> list[tuple[str,
         else:
             steps.append([e])
     for site in spliced_sites:
-        mine = getattr(model.hook_dict[site].spliced, "sae", None)
+        mine = getattr(getattr(model.hook_dict.get(site), "spliced", None), "sae", None)
         if sae is not None and mine is not None and mine is not sae:
             raise EditTargetError(f"{spliced_sites[site][0]!r}: another SAE is spliced at {site!r} and the edits act "
                                   "on it; drop sae=..., or splice this one instead (model.remove_saes, model.add_sae)")
