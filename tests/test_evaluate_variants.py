@@ -12,7 +12,7 @@ from workbench.evaluation import (EvaluationResult, caption_gender, embed_images
 from workbench.metrics import (bias_at_k, mean_average_precision, ndcg, ndkl, normalized_entropy_at_k, recall_at_k,
                                relevance_from_labels, zero_shot_accuracy)
 from workbench.models import load_clip
-from workbench.primitives import EditError, InterventionSpec, ablate_heads, ablate_neurons, intervene
+from workbench.primitives import EditError, InterventionSpec, ablate_heads, ablate_latents, ablate_neurons, intervene
 
 N_BOOT = 200
 QUERIES = {o: f"a photo of a {o}" for o in vocab.OCCUPATIONS}
@@ -282,3 +282,23 @@ def test_hooks_already_on_the_model_turn_the_cache_off(model, dataset):
     with intervene(model, outer + inner):
         assert_fp32_close(got.embeddings["inner"], embed_images(model, gallery[0]))
     assert repr(got).startswith("EvaluationResult(2 variants ['baseline', 'inner'], 8 metrics")
+
+
+def test_an_sae_variant_takes_the_forward_path(model, dataset, tmp_path):
+    from tests.primitives.conftest import random_sae
+    from workbench.primitives import apply
+
+    sae_dir = tmp_path / "sae"
+    random_sae(128, 256).save_model(sae_dir)  # on the last block's residual stream of the shipped model (d_model 128)
+    spec = InterventionSpec.from_edits(model, ablate_latents([3, 7], op="zero", layer=5, position="pooled"),
+                                       sae=sae_dir, alpha=0.5)
+    images, labels = dataset.tensors()
+    gallery = (images[:64], {k: v[:64] for k, v in labels.items()})
+    with pytest.warns(UserWarning, match="fewer than top_k"):
+        got = evaluate_variants(model, gallery, {"sae": spec}, captions=False, word_lists={}, n_boot=N_BOOT,
+                                progress=False)
+    assert got.paths["sae"] == "forward"
+    with apply(model, spec):
+        expected = embed_images(model, gallery[0])
+    assert_fp32_close(got.embeddings["sae"], expected)
+    assert (expected - got.embeddings["baseline"]).abs().max() > 1e-3

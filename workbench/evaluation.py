@@ -677,7 +677,8 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
 
     batch_size = _check_batch_size(batch_size)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 100:
-        raise ValueError(f"n_boot must be an integer >= 100 (bootstrap resamples for the 95 % intervals), got {n_boot!r}")
+        raise ValueError(f"n_boot must be an integer >= 100 (bootstrap resamples for the 95 % intervals), "
+                         f"got {n_boot!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if getattr(model, "text", None) is None or not hasattr(model, "visual"):
