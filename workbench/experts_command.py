@@ -208,6 +208,11 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
     from workbench.viz import plot_expert_heads, plot_metric_bars, plot_neuron_ap
 
     start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(phase: str) -> None:  # seconds per phase, in summary.json
+        timings[phase] = round(time.perf_counter() - start - sum(timings.values()), 2)
+
     out = check_writable_dir(out_dir, "experts output folder")  # before any work, so no result is lost
     kind, folder = parse_data(data)
     if n_images is not None and (isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 2):
@@ -217,6 +222,7 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
 
         model = load_clip(model_name, pretrained=pretrained, checkpoint=checkpoint, device=device)
     reference, gallery, target, queries = _datasets(kind, folder, seed, n_images)
+    lap("load")
     keys = reference[0][1]
     if attribute not in keys:
         raise ValueError(f"the {kind} data has no label {attribute!r}; choose --attribute from {sorted(keys)}")
@@ -227,6 +233,7 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
                                                   target=target, seed=seed, writes=writes)
                                 for a in (attribute, *others)]
     variants = expert_variants(finding, intersect=other_findings)
+    lap("find")
     groups = tuple(dict.fromkeys([attribute, *others]))
     eval_kwargs = {}
     if kind != "synthsocial":  # the same lists as the queries (real vocabulary), whatever the model's name
@@ -236,6 +243,7 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
         eval_kwargs["queries"] = queries
     result = evaluate_variants(model, gallery, variants, target=target, groups=groups, n_boot=n_boot, seed=seed,
                                batch_size=batch_size, progress=progress, **eval_kwargs)
+    lap("evaluate")
 
     specs = out / "specs"
     specs.mkdir(exist_ok=True)
@@ -286,6 +294,7 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
     shown_variant = best or names[0]
     _write_figure(figures, "gallery", _gallery_figure(result, gallery, attribute, names_of, shown_variant))
 
+    lap("write")
     ref = ModelRef.of(model)
     cut = None
     if best is not None and baseline.get(key):
@@ -293,7 +302,7 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
     summary = {
         "method": "expert_heads",
         "model": {"name": ref.name, "pretrained": ref.pretrained, "fingerprint": ref.fingerprint},
-        "data": data, "attribute": attribute, "seconds": round(time.perf_counter() - start, 2),
+        "data": data, "attribute": attribute, "seconds": round(time.perf_counter() - start, 2), "timings": timings,
         "baseline": baseline,
         "variants": [{"name": v, "metrics": metrics[v], "intervals": intervals[v], "spec": f"specs/{v}.json",
                       "path": result.paths.get(v)} for v in names],
