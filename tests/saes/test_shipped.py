@@ -72,3 +72,36 @@ def test_write_row_replaces_its_own_row_only(tmp_path):
     rows = read_rows(tmp_path)
     assert sorted(rows) == ["a", "b"] and rows["a"]["L0"] == "2.0" and rows["b"]["L0"] == "1"
     assert (tmp_path / "README.md").read_text().startswith("# Shipped SAEs")
+
+
+def test_cli_list_and_info(capsys, model):
+    from sklearn.metrics import average_precision_score
+
+    from workbench.cli import main
+    from workbench.saes.command import encode_rows, top_latents
+
+    assert main(["sae", "list"]) == 0
+    out = capsys.readouterr().out
+    for name, row in ROWS.items():
+        assert name in out and f"EV {row['explained variance']}" in out
+    name = "synthsocial/image-resid-last"
+    assert main(["sae", "info", name, "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"explained variance   {ROWS[name]['explained variance']}" in out and "female" in out
+    # the AP of the top gender latent, recomputed with scikit-learn from the max over each image's tokens
+    recipe, sae = SHIPPED[name], load_sae(name, model)
+    table = top_latents(sae, model, recipe, k=1)
+    top = table[table.attribute == "gender"].iloc[0]
+    x, labels, tokens = evaluation_acts(model, recipe)
+    z = encode_rows(sae, x)[0].reshape(-1, tokens, sae.cfg.d_sae).amax(1)
+    assert top.ap == pytest.approx(average_precision_score(labels["gender"] == 1, z[:, int(top.latent)]), abs=1e-6)
+
+
+def test_cli_refuses_unknown_names(capsys):
+    from workbench.cli import main
+
+    assert main(["sae", "train", "--preset", "synthsocial/image-emb"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown shipped SAE 'synthsocial/image-emb' (did you mean 'synthsocial/image-embed'?)" in err
+    assert main(["sae", "info", "debiaslens"]) == 2
+    assert "unknown shipped SAE 'debiaslens'" in capsys.readouterr().err

@@ -176,22 +176,28 @@ def train_shipped(name: str, root: Optional[Path] = None, threads: int = 1, prog
 
 # ---------------------------------------------------------------------------------------------- info
 def top_latents(sae, model, recipe, k: int = 5):
-    """DataFrame of the k latents with the highest AP per attribute (gender; ethnicity one-vs-rest), on
-    test_balanced; token sites take each item's max over tokens."""
+    """DataFrame (attribute, class, latent, ap, auroc): the k latents with the highest AP for gender (positive
+    class: the larger label, "female") and for each ethnicity (one-vs-rest), on test_balanced; token sites take
+    each item's max over tokens."""
     import pandas as pd
 
+    from workbench.data import SynthSocial
     from workbench.metrics import unit_scores
 
     x, labels, tokens = evaluation_acts(model, recipe)
     z, _ = encode_rows(sae, x)
     z = z.reshape(-1, tokens, z.shape[-1]).amax(1)
+    names = SynthSocial("test_balanced").label_names
     frames = []
     for attribute in ("gender", "ethnicity"):
         table = unit_scores(z, labels[attribute], unit_index=["latent"])
+        if "class" not in table:
+            table["class"] = int(labels[attribute].max())
+        table["class"] = [names[attribute][int(c)] for c in table["class"]]
         table.insert(0, "attribute", attribute)
-        group = ["class"] if "class" in table else []
-        frames.append(table.sort_values("ap", ascending=False).groupby(group or (lambda _: 0)).head(k))
-    return pd.concat(frames, ignore_index=True)
+        top = table.sort_values("ap", ascending=False).groupby("class", sort=False).head(k)
+        frames.append(top.sort_values(["class", "ap"], ascending=[True, False]))
+    return pd.concat(frames, ignore_index=True)[["attribute", "class", "latent", "ap", "auroc"]]
 
 
 # ---------------------------------------------------------------------------------------------- CLI
