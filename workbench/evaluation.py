@@ -473,6 +473,7 @@ def _gallery_batches(model, gallery, batch_size: int):
     return (lambda: (x for x, _ in input_batches(model, gallery, batch_size))), None
 
 
+@torch.no_grad()
 def _encode_texts(model, prompts: Sequence[str], batch_size: int) -> Tensor:
     out = [model.encode_text(list(prompts[i:i + batch_size]), normalize=True).float().cpu()
            for i in range(0, len(prompts), batch_size)]
@@ -626,14 +627,14 @@ def _per_query_metrics(emb: Tensor, text: Mapping[str, Tensor], p: _Protocol) ->
             if k <= n:
                 out[f"recall_at_{k}"] = ("captions", (first < k).astype(np.float64))
         if "neutral" in p.prompts:
-            neutral = (text["neutral"] @ emb.T).numpy()
+            # one query per distinct neutral caption (captions that neutralise alike are one query), ranked once
+            ks = [k for k in RECALL_KS if k <= n]
+            ranked = rank((text["neutral"] @ emb.T).numpy(), max(ks))
             gender = p.image_gender.numpy()
-            for k in RECALL_KS:
-                if k <= n:
-                    # one query per distinct neutral caption (captions that neutralise alike are one query)
-                    out[f"bias_at_{k}"] = ("neutral_captions", bias_at_k(
-                        neutral, gender, k, classes=p.gender_classes, denominator="pair",
-                        return_per_query=True)["bias"].to_numpy())
+            for k in ks:
+                out[f"bias_at_{k}"] = ("neutral_captions", bias_at_k(
+                    None, gender, k, classes=p.gender_classes, denominator="pair", ranking=ranked,
+                    return_per_query=True)["bias"].to_numpy())
     return out
 
 
