@@ -30,7 +30,8 @@ def variants(model, k: int):
         if kind == 0:
             iv = ablate_heads([(L, h)], op="zero")
         elif kind == 1:
-            iv = ablate_heads([(L, h), (L, (h + 1) % cfg.n_heads)], op="replace", value=torch.randn(cfg.d_model, generator=g))
+            value = torch.randn(cfg.d_model, generator=g)
+            iv = ablate_heads([(L, h), (L, (h + 1) % cfg.n_heads)], op="replace", value=value)
         elif kind == 2:
             iv = ablate_neurons([(L, h, list(range(0, cfg.d_model, 7)))], op="scale", factor=0.1)
         else:
