@@ -177,6 +177,17 @@ def _gallery_figure(result, gallery, attribute: str, names: dict, variant: str):
                                   title=f"top {GALLERY_TOP} for {result.queries[q]!r}: baseline vs {variant}")
 
 
+def _selection_of(name: str, finding) -> str:
+    """Which selection a variant's heads come from, for its spec's provenance ("single_head" for head_L…H…)."""
+    if name.startswith("head_"):
+        return "single_head"
+    if name.startswith("neurons_"):
+        return "probe_ap"  # expert neurons live in the probe-AP experts
+    if name.startswith("intersectional_"):
+        return "probe_ap" if "_ap_" in name else "bias_attribution"
+    return next(s for s in ("probe_ap", "bias_attribution") if name.startswith(finding.selection_tag(s) + "_"))
+
+
 def _write_figure(folder: Path, name: str, figure) -> None:
     """figures/NAME.html reading plotly.js from figures/plotly.min.js (written once: ~4.5 MB, not once per figure)."""
     from workbench.files import write_text_atomic
@@ -247,10 +258,8 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
 
     specs = out / "specs"
     specs.mkdir(exist_ok=True)
-    tag = {"probe_ap": finding.selection_tag("probe_ap"), "bias_attribution": finding.selection_tag("bias_attribution")}
     for name, iv in variants.items():
-        sel = next((s for s, t in tag.items() if t in name), None)
-        variant_spec(model, name, iv, finding, selection=sel or "").save(specs / f"{name}.json")
+        variant_spec(model, name, iv, finding, selection=_selection_of(name, finding)).save(specs / f"{name}.json")
 
     table = result.table
     metrics = {v: dict(zip(g["metric"], g["value"])) for v, g in table.groupby("variant", sort=False)}

@@ -93,6 +93,15 @@ def test_experts_on_the_embedded_model(tmp_path):
         assert key in metrics and np.isfinite(metrics[key])
     assert all(v["path"] == "cached" for v in summary["variants"])  # last-layer edits: one cached pass
     assert summary["finding"]["layers"] == [5] and len(summary["finding"]["selections"]["probe_ap"]) == 3
+    assert set(summary["timings"]) == {"load", "find", "evaluate", "write"}
+    from workbench.primitives import InterventionSpec
+
+    seen = {v["name"]: InterventionSpec.load(out / v["spec"]).provenance["selection"] for v in summary["variants"]}
+    assert seen["ap_top3_neutral"] == seen["neurons_ap0.42_damp0.1"] == "probe_ap"
+    assert seen["attribution_top3_zero"] == seen["intersectional_gender_ethnicity_attribution_neutral"] == \
+        "bias_attribution"
+    assert seen["intersectional_gender_ethnicity_ap_male_white"] == "probe_ap"
+    assert {seen[n] for n in seen if n.startswith("head_")} == {"single_head"}
 
 
 # ---------------------------------------------------------------------------------------------- real-model path
@@ -152,3 +161,4 @@ def test_experts_on_a_random_vit_b_32_and_a_fairface_folder(tmp_path, monkeypatc
         expected = model.encode_image(x)
     with apply(model, spec):
         assert torch.equal(model.encode_image(x), expected)
+
