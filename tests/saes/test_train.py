@@ -181,3 +181,25 @@ def test_bad_sites_and_data_are_named(model, store):
     patterns = extract(model, SynthSocial("train", n=8), "blocks.0.attn.hook_pattern", position="all", progress=False)
     with pytest.raises(ValueError, match=r"holds items of shape \[8, 17, 17\]; an SAE reads vectors"):
         train_sae(model, patterns, "blocks.0.attn.hook_pattern", **SMALL)
+
+
+def test_progress_bar_shows_loss_explained_variance_and_l0(model, store, capsys):
+    train_sae(model, store, RESID, "topk", k=8, position="all", expansion=2, steps=4, batch_size=64, log_every=2)
+    err = capsys.readouterr().err
+    assert "train SAE" in err and "4/4" in err
+    for key in ("loss=", "ev=", "l0=8.0", "dead="):
+        assert key in err, key
+
+
+def test_damaged_checkpoint_is_named_and_resume_false_replaces_it(model, store, tmp_path):
+    (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / CHECKPOINT_FILE} cannot be read.*resume=False"):
+        train_sae(model, store, RESID, "topk", k=8, position="all", checkpoint_dir=tmp_path, **SMALL)
+    train_sae(model, store, RESID, "topk", k=8, position="all", checkpoint_dir=tmp_path, resume=False, **SMALL)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / CHECKPOINT_FILE), framework="pt") as f:  # a plain safetensors file, no pickle
+        assert f.metadata()["schema"] == "workbench.sae_checkpoint/v1"
+        moments = sorted(tuple(f.get_tensor(k).shape) for k in f.keys() if k.endswith("/exp_avg"))
+        params = sorted(tuple(f.get_tensor(k).shape) for k in f.keys() if k.startswith("sae/"))
+        assert moments == params == sorted([(128,), (128, 256), (256,), (256, 128)])  # b_dec, W_enc, b_enc, W_dec
