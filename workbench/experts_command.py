@@ -365,7 +365,8 @@ def cmd_experts(args) -> int:
 def add_parser(sub) -> None:
     """Register `workbench experts` on the console script's subparsers."""
     p = sub.add_parser("experts", help="expert heads: find, intervene, evaluate, report (docs/methods.md)")
-    p.add_argument("--model", default="synthsocial", help="embedded name or open_clip architecture (default: synthsocial)")
+    p.add_argument("--model", default="synthsocial",
+                   help="embedded name or open_clip architecture (default: synthsocial)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
     p.add_argument("--checkpoint", default=None, help="local weights (.safetensors, or .pt read weights-only)")
     p.add_argument("--device", default="cpu")

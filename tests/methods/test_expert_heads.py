@@ -1,15 +1,22 @@
-"""Expert heads (the seed): bias attribution by hand on small tensors, head selection, and the whole
-method on the shipped model checked against an independent route (model.visual.head_contributions)."""
+"""Expert heads: bias attribution by hand on small tensors, head selection, the first version and
+find_expert_heads on the shipped model checked against independent routes (model.visual.head_contributions,
+unit_scores, class_prototypes), the variants and their specs, and the causality check against random heads."""
 import pytest
 import torch
 
 from workbench.data import SynthSocial, vocab
 from workbench.methods.expert_heads import (
+    ExpertHeadsFinding,
+    ap_above,
     bias_attribution,
     expert_heads,
+    expert_variants,
+    extract_head_writes,
+    find_expert_heads,
     measured_skew,
     neutral_prototype_intervention,
     top_heads,
+    top_k,
 )
 from workbench.models import load_clip
 
@@ -165,15 +172,6 @@ def test_expert_heads_refuses_bad_inputs(model, reference):
 
 
 # ============================================================================================== find_expert_heads
-from workbench.methods.expert_heads import (  # noqa: E402
-    ExpertHeadsFinding,
-    Selection,
-    ap_above,
-    expert_variants,
-    extract_head_writes,
-    find_expert_heads,
-    top_k,
-)
 
 
 def _head_table():

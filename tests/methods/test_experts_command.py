@@ -125,7 +125,7 @@ def test_experts_on_a_random_vit_b_32_and_a_fairface_folder(tmp_path, monkeypatc
     12 layers × 12 heads), FairFace loader over real JPEGs, no occupation label (queries relevant to every
     image). The prompt lists are cut to 4 + 4 prompts to keep the text tower cheap."""
     import workbench.experts_command as command
-    import workbench.models as models
+    from workbench import models
     from tests.models.archs import build_pair
 
     _, model = build_pair("ViT-B-32")

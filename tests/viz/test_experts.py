@@ -36,7 +36,8 @@ def test_neuron_ap_histograms():
 
 def test_metric_bars_with_intervals():
     table = pd.DataFrame({"variant": ["baseline", "a", "baseline", "a"], "metric": ["gender_ndkl"] * 2 + ["map"] * 2,
-                          "value": [0.1, 0.05, 0.9, 0.88], "lo": [0.08, 0.03, 0.85, 0.8], "hi": [0.13, 0.06, 0.95, 0.9]})
+                          "value": [0.1, 0.05, 0.9, 0.88], "lo": [0.08, 0.03, 0.85, 0.8],
+                          "hi": [0.13, 0.06, 0.95, 0.9]})
     fig = plot_metric_bars(table, ["gender_ndkl", "map", "absent"])
     ndkl, mAP = fig.data
     assert list(ndkl.x) == ["baseline", "a"] and list(ndkl.y) == [0.1, 0.05]

@@ -371,7 +371,7 @@ def _query_setup(data, queries, target) -> tuple[list[str], Optional[list[int]]]
         if queries is None:
             raise ValueError("without a target label, pass queries=[prompts] (every image counts as relevant "
                              "to every query)")
-        if isinstance(queries, (str, bytes)) or isinstance(queries, Mapping):
+        if isinstance(queries, (str, bytes, Mapping)):
             raise TypeError("without a target label, queries must be a list of prompt strings")
         prompts = list(queries)
         if not prompts or not all(isinstance(q, str) for q in prompts):
@@ -650,7 +650,8 @@ def expert_variants(finding: ExpertHeadsFinding, *, intersect: Sequence[ExpertHe
       token, so every variant exports as an `InterventionSpec`.
     """
     if not isinstance(finding, ExpertHeadsFinding):
-        raise TypeError(f"expert_variants needs an ExpertHeadsFinding (find_expert_heads), got {type(finding).__name__}")
+        raise TypeError("expert_variants needs an ExpertHeadsFinding (find_expert_heads), got "
+                        f"{type(finding).__name__}")
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 <= factor <= 1:
         raise ValueError(f"factor (damping) must be in [0, 1], got {factor!r}")
     if isinstance(neuron_threshold, bool) or not isinstance(neuron_threshold, (int, float)) \
