@@ -129,9 +129,10 @@ def test_batches_flatten_tokens_and_cover_every_row_once_per_epoch(store):
 
 def test_pooled_position_trains_on_one_row_per_item(model):
     data = SynthSocial("train", n=64)
-    sae = train_sae(model, data, RESID, "topk", k=4, position="cls", expansion=1, steps=2, batch_size=32,
+    sae = train_sae(model, data, RESID, "topk", k=4, position="cls", expansion=1, training_tokens=70, batch_size=32,
                     progress=False)
     assert sae.cfg.metadata.workbench_position == "pooled"
+    assert sae.cfg.metadata.workbench_training["steps"] == 2 and sae.cfg.metadata.training_tokens == 64
     assert sae.cfg.metadata.workbench_training["n_items"] == 64
 
 

@@ -6,7 +6,6 @@ format and rewrites its row of `saes/README.md`. docs/saes.md.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Optional

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import torch
-from torch import Tensor
 
 from workbench.models.hook_names import canonical_position, check_hook_name, position_axis
 from workbench.models.splice import META_FINGERPRINT, META_TOWER
@@ -201,7 +199,7 @@ def train_sae(model, data, site: str, architecture: Optional[str] = None, *, pre
     position = canonical_position(position) if position_axis(site) is not None else "pooled"  # embeddings: one token
 
     store = activation_store(model, data, site, position, cache_dir, extract_batch_size, progress)
-    tokens_per_item, d_in = site_rows(store, site)
+    _, d_in = site_rows(store, site)
     if d_sae is not None and expansion is not None:
         raise ValueError(f"pass d_sae or expansion, not both (d_sae = expansion × d_in = expansion × {d_in})")
     if d_sae is None:
