@@ -18,7 +18,8 @@ def test_names_for_both_towers_are_exactly_the_models_hooks(model):
     for tower, cfg in (("image", model.visual.cfg), ("text", model.text.cfg)):
         for kind in BLOCK_KINDS:
             built |= {act_name(kind, layer, tower=tower) for layer in range(cfg.n_layers)}
-        built |= {act_name(kind, tower=tower) for kind, (_, towers) in TOWER_KINDS.items() if tower in towers}
+        built |= {act_name(kind, tower=tower) for kind, (_, towers) in TOWER_KINDS.items()
+                  if tower in towers and (cfg.ln_pre or not kind.startswith("ln_pre"))}  # wb-tiny has no ln_pre
     assert built == set(model.hook_dict)
     for name in model.hook_dict:  # and parsing inverts building
         tower, layer, kind = parse_hook_name(name)
@@ -128,3 +129,13 @@ def test_stream_widths(model):
     assert stream_width("text.ln_final.hook_normalized", t) == 48
     with pytest.raises(ValueError, match="'blocks.0.attn.hook_z' is not a stream hook"):
         stream_width("blocks.0.attn.hook_z", v)
+
+
+def test_ln_pre_hooks_are_named_where_the_tower_has_one():
+    from workbench.models import load_clip
+
+    shipped = load_clip("synthsocial")
+    assert shipped.visual.cfg.ln_pre
+    for kind in ("ln_pre_scale", "ln_pre_normalized"):
+        name = act_name(kind)
+        assert name in shipped.hook_dict and parse_hook_name(name) == ("image", None, kind)

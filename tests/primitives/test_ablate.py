@@ -238,7 +238,7 @@ def test_class_prototypes_from_tensors_and_from_a_loader(model):
 
 
 def test_prototype_replacement_end_to_end(model, images):
-    """METHODS.md §1: replacing expert heads' CLS writes by the neutral prototype puts it in the cache."""
+    """Expert heads (docs/methods.md): replacing expert heads' CLS writes by the neutral prototype puts it in the cache."""
     ref = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     heads = [(2, 1), (2, 3)]
     protos = class_prototypes(model, ref, [0, 0, 0, 1, 1, 1], heads=heads)

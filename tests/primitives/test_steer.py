@@ -139,7 +139,7 @@ def test_sae_blend_hook_at_cls_only_touches_position_0(model, images, sae):
 
 
 def test_sae_modulation_hook_is_sem_without_error_term(model, sae):
-    """SEM (METHODS.md §2): t' = decode(M ⊙ z + (1 − M) ⊙ m) replaces the text embedding."""
+    """SEM (docs/methods.md): t' = decode(M ⊙ z + (1 − M) ⊙ m) replaces the text embedding."""
     from tests.primitives.conftest import random_sae
 
     text_sae = random_sae(32, 96, seed=1)  # on the text embedding (d_embed = 32)

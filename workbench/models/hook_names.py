@@ -50,6 +50,8 @@ _BLOCK_ALIASES = {"pre": "mlp_pre", "post": "mlp_post", "attn": "pattern", "attn
 TOWER_KINDS = {
     "embed": ("hook_embed", TOWERS),
     "patch_embed": ("hook_patch_embed", ("image",)),
+    "ln_pre_scale": ("ln_pre.hook_scale", ("image",)),  # only towers with an ln_pre have these two
+    "ln_pre_normalized": ("ln_pre.hook_normalized", ("image",)),
     "ln_post_scale": ("ln_post.hook_scale", ("image",)),
     "ln_post_normalized": ("ln_post.hook_normalized", ("image",)),
     "image_embed": ("hook_image_embed", ("image",)),
@@ -65,7 +67,7 @@ POSITIONS = ("pooled", "all")
 POSITION_ALIASES = {"cls": "pooled"}
 # Stream hooks (layout [b, pos, d] or [b, d], last axis a feature axis): the hooks a direction or an SAE can act on.
 _D_MODEL_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "embed", "ln1_normalized",
-                  "ln2_normalized", "ln_final_normalized", "ln_post_normalized")
+                  "ln2_normalized", "ln_pre_normalized", "ln_final_normalized", "ln_post_normalized")
 _D_MLP_KINDS = ("mlp_pre", "mlp_post")
 _D_EMBED_KINDS = ("image_embed", "text_embed")
 _POOLED_KINDS = ("cls_result", "ln_post_scale", "ln_post_normalized", "image_embed", "text_embed")
