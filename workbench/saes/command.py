@@ -158,7 +158,7 @@ def train_shipped(name: str, root: Optional[Path] = None, threads: int = 1, prog
     x, _, _ = evaluation_acts(model, recipe)
     stats = reconstruction_stats(sae, x)
     training = sae.cfg.metadata.workbench_training
-    folder = save_sae(sae, root / recipe.folder, model=model, site=recipe.site,
+    folder = save_sae(sae, root / recipe.name, model=model, site=recipe.site,  # the name is the folder under saes/
                       evaluation={"data": "SynthSocial test_balanced", **stats}, train_seconds=round(seconds, 1),
                       train_cpu_seconds=round(cpu_seconds, 1), threads=threads)
     arch = training["architecture"]

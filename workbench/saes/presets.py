@@ -52,14 +52,19 @@ PRESETS: dict[str, SAEPreset] = {
 }
 
 
-def get_preset(name: str) -> SAEPreset:
-    if name not in PRESETS:
+def _lookup(table: dict, name, what: str):
+    """table[name], or a ValueError naming the closest entry and all of them."""
+    if name not in table:
         import difflib
 
-        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        close = difflib.get_close_matches(str(name), list(table), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown SAE preset {name!r}{hint}; presets: {sorted(PRESETS)}")
-    return PRESETS[name]
+        raise ValueError(f"unknown {what} {name!r}{hint}; {what}s: {sorted(table)}")
+    return table[name]
+
+
+def get_preset(name: str) -> SAEPreset:
+    return _lookup(PRESETS, name, "SAE preset")
 
 
 @dataclass(frozen=True)
@@ -78,11 +83,6 @@ class ShippedRecipe:
     overrides: dict = field(default_factory=dict)
     model: str = "synthsocial"
     seed: int = 0
-
-    @property
-    def folder(self) -> str:
-        """Folder name under saes/ ("synthsocial/image-embed" → "synthsocial/image-embed")."""
-        return self.name
 
 
 # Narrower than the presets' ×32 / ×8 and with sae_lens's default aux-K weight (1.0) on the residual sites: on
@@ -104,10 +104,4 @@ SHIPPED: dict[str, ShippedRecipe] = {r.name: r for r in [
 
 
 def get_recipe(name: str) -> ShippedRecipe:
-    if name not in SHIPPED:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), list(SHIPPED), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown shipped SAE {name!r}{hint}; shipped SAEs: {sorted(SHIPPED)}")
-    return SHIPPED[name]
+    return _lookup(SHIPPED, name, "shipped SAE")
