@@ -23,6 +23,8 @@ from typing import Optional
 
 import torch
 
+from workbench.method_report import halves, load_real, model_ref, parse_data, write_figure, write_tables
+
 __all__ = ["run_experts", "parse_data", "pick_best", "DATA_KINDS"]
 
 DATA_KINDS = ("synthsocial", "fairface", "utkface", "sispi", "celeba")
@@ -30,54 +32,6 @@ BEST_MAP_DROP = 0.02  # best variant: mAP may drop at most this much ...
 BEST_ZERO_SHOT_DROP = 0.02  # ... and zero-shot accuracy at most 2 points
 N_REFERENCE_SYNTH = 1024
 GALLERY_TOP = 10  # images per row of the retrieval gallery figure
-
-
-def parse_data(spec: str) -> tuple[str, Optional[Path]]:
-    """"synthsocial" or "<kind>:DIR" → (kind, folder); checks the kind and that the folder exists."""
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"--data must be 'synthsocial' or one of {DATA_KINDS[1:]} as 'KIND:DIR', got {spec!r}")
-    if spec == "synthsocial":
-        return "synthsocial", None
-    kind, sep, folder = spec.partition(":")
-    if not sep or kind not in DATA_KINDS[1:] or not folder:
-        raise ValueError(f"--data {spec!r}: expected 'synthsocial' or KIND:DIR with KIND one of "
-                         f"{', '.join(DATA_KINDS[1:])} (e.g. fairface:/data/fairface)")
-    path = Path(folder).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"--data {spec!r}: no folder {str(path)!r}")
-    return kind, path
-
-
-def _load_real(kind: str, folder: Path):
-    from workbench.data.real import SISPI, CelebA, FairFace, UTKFace
-
-    if kind == "fairface":
-        return FairFace(folder, split="val")
-    if kind == "utkface":
-        return UTKFace(folder)
-    if kind == "sispi":
-        return SISPI(folder)
-    return CelebA(folder, split="test")
-
-
-def _halves(dataset, n_images: Optional[int], seed: int):
-    """Two disjoint seeded halves (reference, gallery) of a dataset, each with the dataset's label_names."""
-    from torch.utils.data import Subset
-
-    n = len(dataset)
-    if n < 4:
-        raise ValueError(f"the dataset has {n} images; the experts command needs at least 4 (a reference half and "
-                         "a gallery half)")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    half = n // 2
-    parts = []
-    for part in (order[:half], order[half:]):
-        if n_images is not None:
-            part = part[:n_images]
-        subset = Subset(dataset, sorted(part))
-        subset.label_names = dict(dataset.label_names)
-        parts.append(subset)
-    return parts
 
 
 def _datasets(kind: str, folder: Optional[Path], seed: int, n_images: Optional[int]):
@@ -88,7 +42,7 @@ def _datasets(kind: str, folder: Optional[Path], seed: int, n_images: Optional[i
         reference = SynthSocial("test_balanced", seed=seed + 1, n=n_images or N_REFERENCE_SYNTH)
         gallery = SynthSocial("test_balanced", seed=seed, n=n_images)
         return reference, gallery, "occupation", None
-    reference, gallery = _halves(_load_real(kind, folder), n_images, seed)
+    reference, gallery = halves(load_real(kind, folder), n_images, seed, "the experts command")
     if "occupation" in reference.label_names:
         return reference, gallery, "occupation", None
     return reference, gallery, None, real_prompts()["occupations"]
@@ -120,14 +74,6 @@ def pick_best(baseline: dict, variants: dict, attribute: str) -> Optional[str]:
         if best_value is None or metrics[key] < best_value:
             best, best_value = name, metrics[key]
     return best
-
-
-def _markdown(frame) -> str:
-    cols = [str(c) for c in frame.columns]
-    lines = ["| variant | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
-    for name, row in frame.iterrows():
-        lines.append(f"| {name} | " + " | ".join(str(v) for v in row.tolist()) + " |")
-    return "\n".join(lines)
 
 
 def _thumbnail(image) -> torch.Tensor:
@@ -188,18 +134,6 @@ def _selection_of(name: str, finding) -> str:
     return next(s for s in ("probe_ap", "bias_attribution") if name.startswith(finding.selection_tag(s) + "_"))
 
 
-def _write_figure(folder: Path, name: str, figure) -> None:
-    """figures/NAME.html reading plotly.js from figures/plotly.min.js (written once: ~4.5 MB, not once per figure)."""
-    from workbench.files import write_text_atomic
-
-    script = folder / "plotly.min.js"
-    if not script.exists():
-        from plotly.offline import get_plotlyjs
-
-        write_text_atomic(script, get_plotlyjs())
-    write_text_atomic(folder / f"{name}.html", figure.to_html(include_plotlyjs="directory"))
-
-
 def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrained: Optional[str] = None,
                 checkpoint: Optional[str] = None, device: str = "cpu", data: str = "synthsocial",
                 attribute: str = "gender", layers="last", select=None, n_images: Optional[int] = None,
@@ -215,7 +149,6 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
     from workbench.files import check_writable_dir, write_json_atomic, write_text_atomic
     from workbench.methods.expert_heads import (expert_variants, extract_head_writes, find_expert_heads,
                                                variant_spec)
-    from workbench.primitives import ModelRef
     from workbench.viz import plot_expert_heads, plot_metric_bars, plot_neuron_ap
 
     start = time.perf_counter()
@@ -225,7 +158,7 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
         timings[phase] = round(time.perf_counter() - start - sum(timings.values()), 2)
 
     out = check_writable_dir(out_dir, "experts output folder")  # before any work, so no result is lost
-    kind, folder = parse_data(data)
+    kind, folder = parse_data(data, DATA_KINDS)
     if n_images is not None and (isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 2):
         raise ValueError(f"n_images must be an integer ≥ 2, got {n_images!r}")
     if model is None:
@@ -263,54 +196,37 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
 
     table = result.table
     metrics = {v: dict(zip(g["metric"], g["value"])) for v, g in table.groupby("variant", sort=False)}
-    intervals = {v: {m: [lo, hi] for m, lo, hi in zip(g["metric"], g["lo"], g["hi"])}
-                 for v, g in table.groupby("variant", sort=False)}
     baseline = metrics["baseline"]
     names = [v for v in result.variants if v != "baseline"]
     best = pick_best(baseline, {v: metrics[v] for v in names}, attribute)
-
-    wide = result.wide()
-    for m in list(wide.columns):
-        lo_hi = table[table["metric"] == m].set_index("variant").reindex(wide.index)
-        wide[f"{m}_lo"], wide[f"{m}_hi"] = lo_hi["lo"].values, lo_hi["hi"].values
-    wide.index.name = "variant"
-    write_text_atomic(out / "table.csv", wide.to_csv(float_format="%.6g"))
-    md = result.wide(intervals=True)
-    noisy = result.comparisons
-    for m in md.columns:
-        beyond = set(noisy[(noisy["metric"] == m) & noisy["beyond_noise"]]["variant"])
-        md[m] = [f"{v} *" if name in beyond else v for name, v in zip(md.index, md[m])]
+    metrics, intervals = write_tables(out, result, f"expert heads: {attribute} on {data}", note=f"Best: {best}.")
     key = f"{attribute}_ndkl"
-    header = (f"# expert heads: {attribute} on {data}\n\nvalue [95 % bootstrap interval over queries]; * = the paired "
-              f"difference to the baseline is beyond noise (its 95 % interval excludes 0). Best: {best}.\n\n")
-    write_text_atomic(out / "table.md", header + _markdown(md) + "\n")
     write_text_atomic(out / "heads.csv", finding.table.to_csv(index=False, float_format="%.6g"))
     write_text_atomic(out / "neurons.csv", finding.neurons.to_csv(index=False, float_format="%.6g"))
 
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    _write_figure(figures, "expert_heads", plot_expert_heads(
+    write_figure(figures, "expert_heads", plot_expert_heads(
         finding.table, title=f"{attribute}: probe AP and bias attribution per head"))
     experts = finding.selections["probe_ap"]
     non_experts = finding.table[~finding.table["selected_ap"]].sort_values("ap").head(len(experts))
-    _write_figure(figures, "neuron_ap", plot_neuron_ap(
+    write_figure(figures, "neuron_ap", plot_neuron_ap(
         finding.neurons, experts, [(int(l), int(h)) for l, h in zip(non_experts["layer"], non_experts["head"])],
         title=f"{attribute}: per-neuron AP in the probe-AP experts (top) and the lowest-AP heads"))
     shown = [m for m in (key, *(f"{a}_ndkl" for a in others), "map", "zero_shot_accuracy") if m in set(table["metric"])]
-    _write_figure(figures, "metrics", plot_metric_bars(table, shown))
+    write_figure(figures, "metrics", plot_metric_bars(table, shown))
     label_names = getattr(gallery, "label_names", {}) or {}
     names_of = dict(enumerate(label_names.get(attribute, ())))
     shown_variant = best or names[0]
-    _write_figure(figures, "gallery", _gallery_figure(result, gallery, attribute, names_of, shown_variant))
+    write_figure(figures, "gallery", _gallery_figure(result, gallery, attribute, names_of, shown_variant))
 
     lap("write")
-    ref = ModelRef.of(model)
     cut = None
     if best is not None and baseline.get(key):
         cut = 1 - metrics[best][key] / baseline[key]
     summary = {
         "method": "expert_heads",
-        "model": {"name": ref.name, "pretrained": ref.pretrained, "fingerprint": ref.fingerprint},
+        "model": model_ref(model),
         "data": data, "attribute": attribute, "seconds": round(time.perf_counter() - start, 2), "timings": timings,
         "baseline": baseline,
         "variants": [{"name": v, "metrics": metrics[v], "intervals": intervals[v], "spec": f"specs/{v}.json",
