@@ -86,9 +86,10 @@ class _EditStep:
 
     def _apply(self, v: Tensor) -> Tensor:
         value, reference = self.value.get(v), self.reference.get(v)
-        for t in (value, reference):
-            if isinstance(t, Tensor) and (t.shape[-1] != v.shape[-1]
-                                          or (t.ndim == 2 and (v.ndim < 3 or t.shape[0] != v.shape[-2]))):
+        rows = self.edit.op_spec.value_rows  # a value of data rows [n, w], not one row per position
+        for t, per_position in ((value, not rows), (reference, True)):
+            if isinstance(t, Tensor) and (t.shape[-1] != v.shape[-1] or (
+                    per_position and t.ndim == 2 and (v.ndim < 3 or t.shape[0] != v.shape[-2]))):
                 raise EditTargetError(f"{self.edit!r}: value of shape {list(t.shape)} does not fit activations of "
                                       f"shape {list(v.shape)} at {self.edit.hook_name()!r}")
         return self.fn(v, value, self.edit.scale, reference)

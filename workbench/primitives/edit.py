@@ -49,7 +49,7 @@ class Edit:
     Fields:
         target: "head" | "neuron" | "sae_latent" | "direction".
         op: a registered op (`ops.op_names()`): "zero", "mean", "replace", "scale", "set", "add", "project_out",
-            "modulate".
+            "modulate", "rank_modulate".
         layer: block index (required except for direction / sae_latent edits that name a `hook`).
         head: attention head (required for target="head"; for target="neuron" selects coordinates of that
             head's output instead of MLP neurons).
@@ -156,6 +156,8 @@ class Edit:
             raise EditError(f"op {self.op!r} needs a value ({spec.value_hint})")
         for name in _TENSOR_FIELDS:
             t = getattr(self, name)
+            if name == "value" and spec.value_rows:
+                continue  # its rows are data, not positions (checked by the op)
             if isinstance(t, Tensor) and t.ndim == 2 and self.position != "all":
                 raise EditError(f"a per-position {name} [pos, d] (got {tuple(t.shape)}) needs position='all'")
         if spec.vector_only and (not isinstance(v, Tensor) or v.ndim != 1):
@@ -329,6 +331,11 @@ class Edit:
             ok.append((n_pos, width))
         for name in _TENSOR_FIELDS:
             v = getattr(self, name)
+            if name == "value" and self.op_spec.value_rows and isinstance(v, Tensor):
+                if v.shape[-1] != width:
+                    raise EditTargetError(f"{self!r}: value has shape {list(v.shape)}, expected [rows, {width}] "
+                                          f"({what} = {width})")
+                continue
             if isinstance(v, Tensor) and tuple(v.shape) not in ok:
                 raise EditTargetError(f"{self!r}: {name} has shape {list(v.shape)}, expected "
                                       f"{' or '.join(str(list(s)) for s in ok)} ({what} = {width})")

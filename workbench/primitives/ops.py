@@ -16,6 +16,10 @@ Built-in ops, applied to the selected slice v [..., w] (value broadcast as [w] o
     add           v ← v + scale · value
     project_out   v ← v − scale · (v·û) û,  û = value / ‖value‖
     modulate      v ← M ⊙ v + (1 − M) ⊙ m,  M = value, m = reference (default 0): elementwise latent modulation
+    rank_modulate v ← M ⊙ v + (1 − M) ⊙ m,  M = (1 + rank_R(v) − b)², value = [b; R] (row 0 the offset b [w],
+                  rows 1… the reference rows R [n, w]), m = reference (default 0). rank_R(v)[j] = the fraction
+                  of rows r of R with r[j] < v[j] (strict), computed from v itself when the edit runs: SEM's
+                  bias-aware modulation with the content score of the query at hand (docs/sem.md).
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ class Op:
     scalar, no per-position matrix). vector_on_head: on a head target the value must be a vector [d_model].
     uses_scale / uses_reference: the op reads Edit.scale / Edit.reference. latents_without_index: sae_latent edits
     may leave out `index` to act on every latent. check: an extra check of the value (raise EditError).
+    value_rows: the value is a matrix [rows, w] whose rows are data (not positions), accepted at any position.
     """
 
     name: str
@@ -58,6 +63,7 @@ class Op:
     uses_reference: bool = False
     latents_without_index: bool = False
     check: Optional[Callable[[Value], None]] = None
+    value_rows: bool = False
 
 
 _REGISTRY: dict[str, Op] = {}
@@ -67,7 +73,7 @@ def register_op(name: str, fn: OpFn, targets: tuple[str, ...] = TARGETS, needs_v
                 value_hint: str = "the replacement vector or scalar", vector_only: bool = False,
                 vector_on_head: bool = False, uses_scale: bool = False, uses_reference: bool = False,
                 latents_without_index: bool = False, check: Optional[Callable[[Value], None]] = None,
-                replace: bool = False) -> Op:
+                value_rows: bool = False, replace: bool = False) -> Op:
     """Register an op under `name` (see `Op` for the fields); `replace=True` to redefine an existing one."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"op names are identifiers such as 'scale', got {name!r}")
@@ -80,7 +86,7 @@ def register_op(name: str, fn: OpFn, targets: tuple[str, ...] = TARGETS, needs_v
     if bad or not targets:
         raise ValueError(f"op {name!r}: targets must be a non-empty subset of {list(TARGETS)}, got {list(targets)}")
     op = Op(name, fn, targets, needs_value, value_hint, vector_only, vector_on_head, uses_scale, uses_reference,
-            latents_without_index, check)
+            latents_without_index, check, value_rows)
     _REGISTRY[name] = op
     return op
 
@@ -133,6 +139,27 @@ def _modulate(v, value, scale, reference):
     return value * v + (1 - value) * reference
 
 
+def _rank_modulate(v, value, scale, reference):
+    # rank_R(v)[j] = #{r ∈ R : r[j] < v[j]} / |R| by binary search in each latent's sorted column (memory
+    # O(batch · w), not O(batch · |R| · w)); side="left" counts the strictly smaller entries.
+    offset, rows = value[0], value[1:]
+    columns = rows.T.contiguous().sort(dim=-1).values  # [w, n]
+    flat = v.reshape(-1, v.shape[-1]).T.contiguous()  # [w, b]
+    below = torch.searchsorted(columns, flat, side="left").T.reshape(v.shape)
+    rank = below.to(v.dtype) / rows.shape[0]
+    m = (1 + rank - offset) ** 2
+    if reference is None:
+        return m * v
+    return v * m + (1 - m) * reference
+
+
+def _offset_and_rows(value: Value) -> None:
+    if not isinstance(value, torch.Tensor) or value.ndim != 2 or value.shape[0] < 2:
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise EditError(f"rank_modulate needs a matrix value [1 + n, w]: row 0 the offset b, rows 1… the n ≥ 1 "
+                        f"reference rows; got {shape}")
+
+
 def _nonzero_direction(value: Value) -> None:
     if not value.abs().sum() > 0:
         raise EditError("project_out direction is the zero vector; it has no direction to remove")
@@ -149,3 +176,6 @@ register_op("project_out", _project_out, ("head", "neuron", "direction"),
             check=_nonzero_direction)
 register_op("modulate", _modulate, TARGETS, value_hint="the modulation M, a scalar or one per coordinate",
             uses_reference=True, latents_without_index=True)
+register_op("rank_modulate", _rank_modulate, ("sae_latent",),
+            value_hint="a matrix [1 + n, w]: row 0 the offset b, rows 1… the reference rows R", uses_reference=True,
+            latents_without_index=True, check=_offset_and_rows, value_rows=True)
