@@ -34,7 +34,8 @@ def test_sizes():
     assert len(synth.diverse) >= 50 and len(real.diverse) >= 300
     assert len(real.occupations) == 100 and len(real.adjectives) >= 50
     assert len(real.activities) >= 40 and len(real.stereotypes) >= 30
-    assert set(synth.bias) == set(real.bias) == {"gender", "ethnicity", "age"}
+    assert set(synth.bias) == {"gender", "ethnicity", "age", "scene"} and set(real.bias) == {"gender", "ethnicity", "age"}
+    assert list(synth.bias["scene"]) == list(vocab.SCENES)
     assert list(synth.bias["ethnicity"]) == list(vocab.ETHNICITIES)
     assert tuple(real.bias["ethnicity"]) == FAIRFACE_RACES  # FairFace's own class names
     assert list(real.bias["gender"]) == list(synth.bias["gender"]) == ["male", "female"]

@@ -8,7 +8,9 @@ and templates in ``prompts_data/real.json``.
 
 Each query is "a photo of a <subject>" and its paraphrases fill other templates with the same
 subject, so SEM's paraphrase medians vary the wording, not the content. Bias prompts come in
-20 per class, balanced over gender where the attribute is not gender itself. For the synthetic
+20 per class, balanced over gender where the attribute is not gender itself; the synthetic vocabulary
+also has the scene as a bias attribute ("a man in a kitchen", the spurious label of ``test_spurious``;
+the real vocabulary has none: pass your own background prompts to SEM). For the synthetic
 vocabulary the stereotype queries are scene prompts ("a photo of a person in a kitchen"): scenes
 co-occur with gender-skewed occupations in the training split, which is the stereotype planted
 there. Nothing here is random.
@@ -133,7 +135,10 @@ def _synthsocial_spec() -> dict:
             "gender": {"male": ["man", "male person"], "female": ["woman", "female person"]},
             "ethnicity": {e: [f"{e} man", f"{e} woman"] for e in vocab.ETHNICITIES},
             "age": {"young": ["young man", "young woman"], "old": ["old man", "old woman"]},
+            # the scene as a bias class (SEM's B_b for test_spurious, where the scene is the spurious label)
+            "scene": {s: [f"{n} {p}" for p in vocab.SCENE_PHRASES[s] for n in ("man", "woman")] for s in vocab.SCENES},
         },
+        "attribute_bias_templates": {"scene": ["a photo of a {}", "a {}", *(f"a {adj} {{}}" for adj in adjectives)]},
         "diverse": [f"a {occ} {p}" for occ in vocab.OCCUPATIONS for p in scene_phrases]
         + [f"a {adj} person {p}" for adj in vocab.ADJECTIVES for p in scene_phrases],
     }
@@ -157,9 +162,11 @@ def _build(vocabulary: str, spec: dict) -> PromptSets:
             candidates = (with_articles(t.format(subject)) for t in spec["paraphrase_templates"])
             kept = [c for c in dict.fromkeys(candidates) if c != query and not _has_repeated_word(c)]
             paraphrases[query] = kept[:PARAPHRASES_PER_QUERY]
+    own_templates = spec.get("attribute_bias_templates", {})
     bias = {
         attribute: {
-            cls: [with_articles(t.format(s)) for t in spec["bias_templates"] for s in subjects][:BIAS_PROMPTS_PER_CLASS]
+            cls: [with_articles(t.format(s)) for t in own_templates.get(attribute, spec["bias_templates"])
+                  for s in subjects][:BIAS_PROMPTS_PER_CLASS]
             for cls, subjects in classes.items()
         }
         for attribute, classes in spec["bias_subjects"].items()
