@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["embed_images", "input_batches", "retrieval_report", "query_prompts", "evaluate_variants",
-           "EvaluationResult", "cached_edit", "caption_gender", "neutralize_caption", "synthsocial_captions",
+           "EvaluationResult", "TextOverride", "cached_edit", "caption_gender", "neutralize_caption", "synthsocial_captions",
            "default_word_lists", "MASCULINE_WORDS", "FEMININE_WORDS", "RECALL_KS"]
 
 Queries = Union[Mapping[Union[str, int], str], Sequence[str]]
@@ -264,7 +264,13 @@ def _family_rng(seed: int, family: str):
     """numpy Generator for one bootstrap family: its own stream of `seed`, independent of the other families."""
     import numpy as np
 
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_FAMILIES.index(family),)))
+    if family in _FAMILIES:
+        key = (_FAMILIES.index(family),)
+    else:  # a family named by the caller (a bias-query set): its own stream, stable across runs
+        import zlib
+
+        key = (len(_FAMILIES), zlib.crc32(family.encode()))
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
 def _interval(boot_means, level: float = 0.95) -> tuple[float, float]:
@@ -284,6 +290,27 @@ class _Family:
     def means(self, values):
         return values[self.index].mean(axis=1)
 
+    def worst_group_means(self, values, groups):
+        """min over groups of the group mean, per resample [n_boot] (a group absent from a resample is skipped)."""
+        import numpy as np
+
+        n_groups = int(groups.max()) + 1
+        boot, rows = self.index.shape[0], np.arange(self.index.shape[0])[:, None]
+        flat = (groups[self.index] + rows * n_groups).ravel()
+        sums = np.bincount(flat, weights=values[self.index].ravel(), minlength=boot * n_groups)
+        counts = np.bincount(flat, minlength=boot * n_groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(counts > 0, sums / counts, np.inf).reshape(boot, n_groups)
+        return means.min(axis=1)
+
+
+def _worst_group(values, groups) -> float:
+    """min over the groups present of the mean of `values` within the group."""
+    import numpy as np
+
+    sums, counts = np.bincount(groups, weights=values), np.bincount(groups)
+    return float((sums[counts > 0] / counts[counts > 0]).min())
+
 
 # ---------------------------------------------------------------------------------------------- result
 @dataclass
@@ -298,7 +325,10 @@ class EvaluationResult:
     embeddings: {variant: [n, d_embed]} L2-normalised gallery embeddings (float32, CPU).
     text: [n_queries, d_embed] normalised embeddings of `queries` (the baseline's; a variant editing the text
         tower has its own in `prompt_embeddings[variant]`); queries: the prompts; labels: {key: LongTensor [n]}.
-    paths: {variant: "forward" | "cached"}: how the variant's image embeddings were computed.
+    paths: {variant: "forward" | "cached" | "baseline"}: how the variant's image embeddings were computed
+        ("baseline": the variant leaves the image tower alone).
+    grouped: {metric: np.ndarray [n] group code of each unit} for metrics that are not a mean over units
+        (`worst_group_accuracy`: the minimum over groups of the group mean; its interval resamples images).
     """
 
     table: Any
@@ -312,8 +342,56 @@ class EvaluationResult:
     prompt_embeddings: dict = field(default_factory=dict)
     n_boot: int = 1000
     seed: int = 0
+    grouped: dict = field(default_factory=dict)
     _families: dict = field(default_factory=dict, repr=False)
     _family_of: dict = field(default_factory=dict, repr=False)
+
+    def value(self, variant: str, metric: str) -> float:
+        """The metric's value for a variant (a mean over its units, or the worst group's mean)."""
+        self._check(variant, metric)
+        values = self.per_query[variant][metric]
+        return _worst_group(values, self.grouped[metric]) if metric in self.grouped else float(values.mean())
+
+    def _boot(self, variant: str, metric: str):
+        family, values = self._families[self._family_of[metric]], self.per_query[variant][metric]
+        if metric in self.grouped:
+            return family.worst_group_means(values, self.grouped[metric])
+        return family.means(values)
+
+    def join(self, other: "EvaluationResult", metrics: Optional[Sequence[str]] = None,
+             suffix: str = "") -> "EvaluationResult":
+        """One result with the metrics of both (e.g. `test_balanced` fairness + `test_spurious` worst-group
+        accuracy): all of `other`'s, or only `metrics`. Both must have the same variants; a metric already present
+        here is an error unless `suffix` renames `other`'s (metric → metric + suffix). Intervals and paired tests
+        keep each side's resamples."""
+        import pandas as pd
+
+        if other.variants != self.variants:
+            raise ValueError(f"join needs the same variants on both sides, got {self.variants} and {other.variants}")
+        if metrics is not None:
+            unknown = [m for m in metrics if m not in other.metrics]
+            if unknown:
+                raise KeyError(f"the other result has no metric(s) {unknown}; it has {other.metrics}")
+        rename = {m: m + suffix for m in (other.metrics if metrics is None else metrics)}
+        clash = sorted(set(rename.values()) & set(self.metrics))
+        if clash:
+            raise ValueError(f"both results have metric(s) {clash}; pass suffix='_spurious' (or similar) to rename "
+                             "the second result's metrics")
+        tag = f"#{len(self._families)}"
+        per_query = {v: {**self.per_query[v], **{rename[m]: x for m, x in other.per_query[v].items() if m in rename}}
+                     for v in self.variants}
+        table = other.table[other.table["metric"].isin(list(rename))]
+        table = table.assign(metric=table["metric"].map(rename))
+        comparisons = other.comparisons[other.comparisons["metric"].isin(list(rename))]
+        comparisons = comparisons.assign(metric=comparisons["metric"].map(rename))
+        return EvaluationResult(
+            pd.concat([self.table, table], ignore_index=True), pd.concat([self.comparisons, comparisons],
+                                                                         ignore_index=True),
+            per_query, self.embeddings, self.text, self.queries, self.labels, self.paths,
+            prompt_embeddings=self.prompt_embeddings, n_boot=self.n_boot, seed=self.seed,
+            grouped={**self.grouped, **{rename[m]: g for m, g in other.grouped.items() if m in rename}},
+            _families={**self._families, **{f + tag: fam for f, fam in other._families.items()}},
+            _family_of={**self._family_of, **{rename[m]: f + tag for m, f in other._family_of.items() if m in rename}})
 
     def __repr__(self) -> str:
         return (f"EvaluationResult({len(self.variants)} variants {self.variants}, {len(self.metrics)} metrics, "
@@ -347,9 +425,14 @@ class EvaluationResult:
         {"diff", "lo", "hi", "beyond_noise"} (beyond_noise: the `level` interval excludes 0)."""
         self._check(a, metric)
         self._check(b, metric)
-        d = self.per_query[a][metric] - self.per_query[b][metric]
-        lo, hi = _interval(self._families[self._family_of[metric]].means(d), level)
-        return {"diff": float(d.mean()), "lo": lo, "hi": hi, "beyond_noise": bool(lo > 0 or hi < 0)}
+        if metric in self.grouped:  # not a mean: difference of the statistic on the same resamples
+            diff = self.value(a, metric) - self.value(b, metric)
+            lo, hi = _interval(self._boot(a, metric) - self._boot(b, metric), level)
+        else:
+            d = self.per_query[a][metric] - self.per_query[b][metric]
+            diff = float(d.mean())
+            lo, hi = _interval(self._families[self._family_of[metric]].means(d), level)
+        return {"diff": diff, "lo": lo, "hi": hi, "beyond_noise": bool(lo > 0 or hi < 0)}
 
     def beyond_noise(self, a: str, b: str = BASELINE, metric: str = "gender_ndkl") -> bool:
         """True when the paired 95 % bootstrap interval of metric(a) − metric(b) excludes 0."""
@@ -357,11 +440,47 @@ class EvaluationResult:
 
 
 # ---------------------------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class TextOverride:
+    """A variant that replaces the model's text embeddings instead of editing the model: for methods that are an
+    API call on the prompts (SEMi needs each query's paraphrases, so it has no spec).
+
+    fn(prompts: list[str]) -> Tensor [len(prompts), d_embed]: the text embeddings (unnormalised is fine; the runner
+    L2-normalises them) of every prompt set the runner encodes (queries, bias queries, word lists, captions).
+    The image tower is left alone.
+    """
+
+    fn: Any
+    description: str = ""
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"TextOverride needs a callable fn(prompts) -> Tensor [n, d_embed], got "
+                            f"{type(self.fn).__name__}")
+
+    def __repr__(self) -> str:
+        return f"TextOverride({self.description or getattr(self.fn, '__name__', 'fn')})"
+
+    def encode(self, prompts: Sequence[str], d_embed: int) -> Tensor:
+        """The override's normalised embeddings [n, d_embed] (float32, CPU), checked."""
+        out = self.fn(list(prompts))
+        if not isinstance(out, Tensor):
+            raise TypeError(f"{self!r}: fn must return a Tensor [n, d_embed], got {type(out).__name__}")
+        if tuple(out.shape) != (len(prompts), d_embed):
+            raise ValueError(f"{self!r}: fn returned shape {tuple(out.shape)} for {len(prompts)} prompts; expected "
+                             f"({len(prompts)}, {d_embed})")
+        out = out.detach().float().cpu()
+        if not torch.isfinite(out).all():
+            raise ValueError(f"{self!r}: fn returned non-finite embeddings")
+        return torch.nn.functional.normalize(out, dim=-1)
+
+
 @dataclass
 class _Variant:
     name: str
     edits: list
-    spec: Any = None  # an InterventionSpec (applied with its SAE and α)
+    specs: list = field(default_factory=list)  # InterventionSpecs (each applied with its SAE and α), together
+    text: Optional[TextOverride] = None
 
     @property
     def image_edits(self) -> list:
@@ -369,15 +488,18 @@ class _Variant:
 
     @property
     def edits_text(self) -> bool:
-        return any(e.tower == "text" for e in self.edits)
+        return self.text is not None or any(e.tower == "text" for e in self.edits)
 
     def context(self, model):
-        from contextlib import nullcontext
+        from contextlib import ExitStack, nullcontext
 
         from workbench.primitives import apply, intervene
 
-        if self.spec is not None:
-            return apply(model, self.spec)
+        if self.specs:
+            stack = ExitStack()
+            for spec in self.specs:
+                stack.enter_context(apply(model, spec))
+            return stack
         return intervene(model, self.edits) if self.edits else nullcontext(model)
 
 
@@ -385,8 +507,8 @@ def _variants(model, variants: Mapping) -> list[_Variant]:
     from workbench.primitives import EditError, Intervention, InterventionSpec, edits_to_hooks
 
     if not isinstance(variants, Mapping):
-        raise TypeError("variants must be a mapping {name: Intervention | list of Edits | InterventionSpec | None}, "
-                        f"got {type(variants).__name__}")
+        raise TypeError("variants must be a mapping {name: Intervention | list of Edits | InterventionSpec | list of "
+                        f"InterventionSpecs | TextOverride | None}}, got {type(variants).__name__}")
     out = [] if BASELINE in variants else [_Variant(BASELINE, [])]
     for name, v in variants.items():
         if not isinstance(name, str) or not name:
@@ -396,9 +518,17 @@ def _variants(model, variants: Mapping) -> list[_Variant]:
                              "give your variant another name")
         if v is None:
             out.append(_Variant(name, []))
-        elif isinstance(v, InterventionSpec):
-            v.validate(model)
-            out.append(_Variant(name, list(v.edits), spec=v))
+        elif isinstance(v, TextOverride):
+            out.append(_Variant(name, [], text=v))
+        elif isinstance(v, InterventionSpec) or (isinstance(v, (list, tuple)) and v
+                                                  and all(isinstance(x, InterventionSpec) for x in v)):
+            specs = [v] if isinstance(v, InterventionSpec) else list(v)
+            for spec in specs:
+                spec.validate(model)
+            out.append(_Variant(name, [e for spec in specs for e in spec.edits], specs=specs))
+        elif isinstance(v, (list, tuple)) and any(isinstance(x, InterventionSpec) for x in v):
+            raise TypeError(f"variant {name!r} mixes InterventionSpecs and other items; give a list of specs only, "
+                            "or turn the edits into a spec (InterventionSpec.from_edits)")
         else:
             try:
                 edits = list(Intervention(v).edits)
@@ -449,6 +579,8 @@ class _Protocol:
     captions: Optional[list] = None
     gender_classes: Optional[tuple] = None  # (male, female) codes in image_gender
     image_gender: Optional[Tensor] = None  # [n] gender code of each image, for Bias@K
+    bias_sets: tuple = ()  # names of the bias-query sets (their prompts: prompts[f"bias:{name}"])
+    worst_group: Optional[str] = None  # label key whose (target, key) groups give worst_group_accuracy
 
 
 def _gallery_batches(model, gallery, batch_size: int):
@@ -480,7 +612,8 @@ def _encode_texts(model, prompts: Sequence[str], batch_size: int) -> Tensor:
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def _protocol(model, labels, label_names, n, queries, target, groups, word_lists, captions, top_k) -> _Protocol:
+def _protocol(model, labels, label_names, n, queries, target, groups, word_lists, captions, top_k,
+              bias_queries=None, worst_group=None) -> _Protocol:
     import warnings
 
     if isinstance(groups, str):
@@ -515,8 +648,9 @@ def _protocol(model, labels, label_names, n, queries, target, groups, word_lists
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if top_k > n:
-        warnings.warn(f"the gallery has {n} images, fewer than top_k={top_k}: normalized entropy and MaxSkew use the "
-                      f"top {n} (the whole gallery)", UserWarning, stacklevel=3)
+        if groups:  # without groups nothing reads the top k
+            warnings.warn(f"the gallery has {n} images, fewer than top_k={top_k}: normalized entropy and MaxSkew use "
+                          f"the top {n} (the whole gallery)", UserWarning, stacklevel=3)
         top_k = n
 
     if word_lists is None:
@@ -536,6 +670,27 @@ def _protocol(model, labels, label_names, n, queries, target, groups, word_lists
 
     proto = _Protocol(labels, label_names, target, groups, codes, relevant, top_k,
                       {"queries": prompts, "words": words}, word_index)
+    if bias_queries:
+        if not isinstance(bias_queries, Mapping):
+            raise TypeError("bias_queries must be a mapping {set name: [prompts]}, e.g. {'occupations': [...], "
+                            f"'stereotypes': [...]}}, got {type(bias_queries).__name__}")
+        if not groups:
+            raise ValueError("bias_queries measure the group mix of the top_k: give groups=('gender', ...)")
+        for name, plist in bias_queries.items():
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"bias-query set names become metric keys ('gender_kl_<name>'): use an identifier "
+                                 f"such as 'stereotypes', got {name!r}")
+            if isinstance(plist, str) or not plist or any(not isinstance(q, str) for q in plist):
+                raise ValueError(f"bias_queries[{name!r}] must be a non-empty list of prompt strings")
+            proto.prompts[f"bias:{name}"] = list(plist)
+        proto.bias_sets = tuple(bias_queries)
+    if worst_group is not None:
+        if target is None:
+            raise ValueError("worst_group needs a target: its groups are (target class, worst_group label) pairs")
+        if worst_group not in label_names:
+            raise ValueError(f"no class names for label {worst_group!r} (worst_group); pass label_names=...")
+        _label_tensor(labels, worst_group, n, "worst_group")
+        proto.worst_group = worst_group
     if captions is None and all(k in labels for k in ("occupation", "gender", "ethnicity", "age", "scene")) and all(
             tuple(label_names.get(k, ())) == tuple(v) for k, v in _synthsocial_names().items()):
         captions = synthsocial_captions(labels)
@@ -579,8 +734,8 @@ def _per_query_metrics(emb: Tensor, text: Mapping[str, Tensor], p: _Protocol) ->
     """{metric: (family, per-query values np.ndarray)} for one variant's image and text embeddings."""
     import numpy as np
 
-    from workbench.metrics import (bias_at_k, first_relevant_rank, max_skew_at_k, mean_average_precision, ndcg, ndkl,
-                                   normalized_entropy_at_k, rank)
+    from workbench.metrics import (bias_at_k, first_relevant_rank, kl_divergence_at_k, max_skew_at_k,
+                                   mean_average_precision, ndcg, ndkl, normalized_entropy_at_k, rank)
 
     out: dict[str, tuple[str, Any]] = {}
     sim = (text["queries"] @ emb.T).numpy()  # [n_queries, n]
@@ -593,6 +748,8 @@ def _per_query_metrics(emb: Tensor, text: Mapping[str, Tensor], p: _Protocol) ->
         # zero-shot: the best query's class (ties to the lower query, as `zero_shot_accuracy`), per image
         predicted = rank(sim.T[queried], 1)[:, 0]
         out["zero_shot_accuracy"] = ("images", (predicted == position[y[queried]]).astype(np.float64))
+        if p.worst_group is not None:
+            out["worst_group_accuracy"] = ("images", out["zero_shot_accuracy"][1])
         out["map"] = ("queries", mean_average_precision(sim, rel, return_per_query=True)["average_precision"]
                       .to_numpy())
         out["ndcg"] = ("queries", ndcg(sim, rel, return_per_query=True)["ndcg"].to_numpy())
@@ -610,6 +767,15 @@ def _per_query_metrics(emb: Tensor, text: Mapping[str, Tensor], p: _Protocol) ->
     for g in p.groups:
         out[f"{g}_maxskew_at_{p.top_k}"] = ("queries", max_skew_at_k(
             sim, group_codes[g], k=p.top_k, n_groups=sizes[g], return_per_query=True)["max_skew"].to_numpy())
+    for name in p.bias_sets:  # SEM / DebiasLens protocol: the group mix of the top_k of the whole gallery
+        ranked = rank((text[f"bias:{name}"] @ emb.T).numpy(), p.top_k)
+        for g in p.groups:
+            for prior, tag in (("uniform", ""), ("pool", "_prior")):
+                kw = dict(k=p.top_k, prior=prior, n_groups=sizes[g], ranking=ranked, return_per_query=True)
+                out[f"{g}_kl{tag}_{name}"] = (f"bias_{name}", kl_divergence_at_k(
+                    None, group_codes[g], **kw)["kl"].to_numpy())
+                out[f"{g}_maxskew{tag}_{name}"] = (f"bias_{name}", max_skew_at_k(
+                    None, group_codes[g], **kw)["max_skew"].to_numpy())
     if p.word_lists:
         words = (text["words"] @ emb.T).numpy()
         ranked = rank(words, p.top_k)
@@ -642,7 +808,9 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
                       target: Optional[str] = "occupation", groups: Sequence[str] = ("gender", "ethnicity"),
                       word_lists: Optional[Mapping[str, Sequence[str]]] = None, captions=None, top_k: int = 100,
                       label_names: Optional[Mapping[str, Sequence[str]]] = None, n_boot: int = 1000, seed: int = 0,
-                      batch_size: int = 256, use_cache: bool = True, progress: bool = True) -> EvaluationResult:
+                      batch_size: int = 256, use_cache: bool = True, progress: bool = True,
+                      bias_queries: Optional[Mapping[str, Sequence[str]]] = None,
+                      worst_group: Optional[str] = None) -> EvaluationResult:
     """Evaluate the unedited model and every variant on one gallery: utility, retrieval fairness, word-list
     entropy and caption retrieval, each as a mean with a 95 % bootstrap interval over queries, plus a paired
     test of every variant against the baseline (protocols: docs/metrics.md, "Evaluation protocols").
@@ -650,8 +818,10 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
     Args:
         gallery: a dataset yielding (image, {label: int}) (e.g. `SynthSocial("test_balanced")`, a FairFace folder),
             raw or with `transform=model.preprocess`, or a tuple (raw images [n, 3, H, W], {label: codes [n]}).
-        variants: {name: Intervention | list of Edits | Edit | InterventionSpec | None}; the baseline
-            ("baseline": None) is added first if absent.
+        variants: {name: Intervention | list of Edits | Edit | InterventionSpec | list of InterventionSpecs
+            (applied together, e.g. an image-side and a text-side SAE spec) | TextOverride (replaces the text
+            embeddings of every prompt, for API-only methods) | None}; the baseline ("baseline": None) is added
+            first if absent.
         queries: {`target` class: prompt} (default "a photo of a {class}" for every class): zero-shot accuracy,
             map / ndcg (relevance = class match over the whole gallery), NDKL (SISPI protocol) and MaxSkew@top_k.
             target=None (a gallery without a class label, e.g. FairFace): queries is a list of prompts;
@@ -664,6 +834,11 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
             gendered captions made neutral, `neutralize_caption`); default: `synthsocial_captions` when the gallery
             has SynthSocial labels, else none; False to skip.
         label_names: {key: class names}; default the dataset's `label_names`, else the SynthSocial vocabulary.
+        bias_queries: {set name: prompts} (SEM / DebiasLens protocol): for each set and group g, over the top_k of
+            the whole gallery, `{g}_kl_{set}` and `{g}_maxskew_{set}` against a uniform target and
+            `{g}_kl_prior_{set}` / `{g}_maxskew_prior_{set}` against the gallery's group mix; one value per prompt.
+        worst_group: a label key (e.g. "spurious" on SynthSocial `test_spurious`): `worst_group_accuracy`, the
+            zero-shot accuracy of the worst (target class, label) group; its interval resamples images.
         n_boot, seed: bootstrap resamples (≥ 100) of the per-query values (rankings are not recomputed), seeded.
         use_cache: evaluate variants whose image edits are all `cached_edit`s from one cached pass (`CLSTail`)
             instead of a forward pass each; `paths` says which way each variant went.
@@ -723,13 +898,18 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
             if tuple(v.shape) != (n,):
                 raise ValueError(f"labels[{k!r}] has shape {tuple(v.shape)}, expected ({n},): one per image")
         labels = {k: v.long() for k, v in labels.items()}
-        proto = _protocol(model, labels, label_names, n, queries, target, groups, word_lists, captions, top_k)
+        proto = _protocol(model, labels, label_names, n, queries, target, groups, word_lists, captions, top_k,
+                          bias_queries, worst_group)
         base_text = {name: _encode_texts(model, prompts, batch_size) for name, prompts in proto.prompts.items()}
 
         embeddings, texts, paths = {}, {}, {}
         for v in plan:
             text = base_text
-            if v.edits_text:
+            if v.text is not None:
+                d_embed = base_text["queries"].shape[1]
+                text = {name: v.text.encode(prompts, d_embed) if prompts else base_text[name]
+                        for name, prompts in proto.prompts.items()}
+            elif v.edits_text:
                 with v.context(model):
                     text = {name: _encode_texts(model, prompts, batch_size) for name, prompts in proto.prompts.items()}
             if v.name == BASELINE:
@@ -757,16 +937,22 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
         sizes.setdefault(fam, len(per_query[BASELINE][m]))
     families = {fam: _Family(size, _family_rng(seed, fam).integers(0, size, size=(n_boot, size), dtype=np.int32))
                 for fam, size in sizes.items()}
+    grouped = {}
+    if proto.worst_group is not None:  # groups: (target class, worst_group class) of each queried image
+        queried = proto.relevant.numpy().any(0)
+        n_w = len(label_names[proto.worst_group])
+        grouped["worst_group_accuracy"] = (labels[target].numpy() * n_w + labels[proto.worst_group].numpy())[queried]
+    result = EvaluationResult(None, None, per_query, embeddings, base_text["queries"],
+                              list(proto.prompts["queries"]), labels, paths,
+                              prompt_embeddings={v.name: texts[v.name] for v in plan if v.edits_text},
+                              n_boot=n_boot, seed=seed, grouped=grouped, _families=families, _family_of=family_of)
     rows, comparisons = [], []
     for v in plan:
         for m, values in per_query[v.name].items():
-            lo, hi = _interval(families[family_of[m]].means(values))
-            rows.append({"variant": v.name, "metric": m, "value": float(values.mean()), "lo": lo, "hi": hi,
+            lo, hi = _interval(result._boot(v.name, m))
+            rows.append({"variant": v.name, "metric": m, "value": result.value(v.name, m), "lo": lo, "hi": hi,
                          "n": len(values)})
-    result = EvaluationResult(pd.DataFrame(rows), None, per_query, embeddings, base_text["queries"],
-                              list(proto.prompts["queries"]), labels, paths,
-                              prompt_embeddings={v.name: texts[v.name] for v in plan if v.edits_text},
-                              n_boot=n_boot, seed=seed, _families=families, _family_of=family_of)
+    result.table = pd.DataFrame(rows)
     for v in plan[1:]:
         for m in per_query[v.name]:
             comparisons.append({"variant": v.name, "metric": m, **result.compare(v.name, BASELINE, m)})
@@ -779,5 +965,5 @@ def _image_hooks(model, v: _Variant) -> list:
     from workbench.models.hook_names import hook_tower
     from workbench.primitives import edits_to_hooks
 
-    hooks = v.spec.hooks(model) if v.spec is not None else edits_to_hooks(model, v.image_edits)
+    hooks = [h for spec in v.specs for h in spec.hooks(model)] if v.specs else edits_to_hooks(model, v.image_edits)
     return [(name, fn) for name, fn in hooks if hook_tower(name) == "image"]
