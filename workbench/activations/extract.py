@@ -42,8 +42,10 @@ from .store import (
     clear_cache_dir,
     dtype_name,
     identity,
+    merge_rank_progress,
     read_manifest,
     remove_leftovers,
+    remove_rank_progress,
     save_shard,
     shard_metadata,
     shard_name,
@@ -255,15 +257,7 @@ def _extract(model, source, sites, *, batch_size, device, cache_dir, dtype, posi
         model.to(device)
     sites = resolve_sites(model, sites, source.tower)
     collector = SiteCollector(model, sites, position, source.tower)
-    import workbench
-
-    header = {
-        "schema": SCHEMA, "tower": source.tower,
-        "model": {"name": model.name, "pretrained": model.pretrained, "fingerprint": model.fingerprint()},
-        "dataset": source.describe(), "dtype": dtype_str, "position": position, "batch_size": batch_size,
-        "workbench_version": workbench.__version__,
-    }
-    header = json.loads(json.dumps(header))  # tuples → lists, so it compares equal to a manifest read back
+    header = _header(model, source, dtype_str, position, batch_size)
     if cache_dir is None:
         return _extract_in_memory(collector, source, header, dtype, progress)
     root = Path(cache_dir)
@@ -274,6 +268,19 @@ def _extract(model, source, sites, *, batch_size, device, cache_dir, dtype, posi
     manifest = _resume_or_start(root, collector, source, header, shard_size)
     _extract_missing_shards(root, manifest, collector, source, dtype, batch_size, progress)
     return ActivationStore.open(root)
+
+
+def _header(model, source, dtype_str: str, position, batch_size: int) -> dict:
+    """The manifest's fields that describe the request (model, dataset, dtype, position, batch size)."""
+    import workbench
+
+    header = {
+        "schema": SCHEMA, "tower": source.tower,
+        "model": {"name": model.name, "pretrained": model.pretrained, "fingerprint": model.fingerprint()},
+        "dataset": source.describe(), "dtype": dtype_str, "position": position, "batch_size": batch_size,
+        "workbench_version": workbench.__version__,
+    }
+    return json.loads(json.dumps(header))  # tuples → lists, so it compares equal to a manifest read back
 
 
 def _new_manifest(header: dict, sites: Sequence[str], shapes: Mapping[str, Sequence[int]], label_keys: list[str],
@@ -296,19 +303,24 @@ def _extract_in_memory(collector: SiteCollector, source, header: dict, dtype: to
 def _resume_or_start(root: Path, collector: SiteCollector, source, header: dict, shard_size: Optional[int]) -> dict:
     """The cache's manifest if it matches the request, else a new one (after a probe forward pass for the
     shapes), written to disk before any shard. Every listed shard is verified in full (size, header,
-    sha256); damaged ones are dropped from the manifest, with a warning, so that only they are recomputed."""
+    sha256); damaged ones are dropped from the manifest, with a warning, so that only they are recomputed.
+    Shards recorded by the ranks of a distributed run (progress_rank*.json, e.g. one where a rank died) are
+    merged in first, whatever the number of processes now: shards are the same rows for any world size."""
     if (root / MANIFEST).exists():
         manifest = read_manifest(root)
         requested = identity({**header, "sites": dict.fromkeys(collector.sites), "shard_size": shard_size})
         check_compatible(manifest, requested, root)
+        merged = merge_rank_progress(root, manifest)
         intact, damaged = sort_out_shards(root, manifest)
         if damaged:
             warnings.warn(f"activation cache {root}: recomputing {len(damaged)} damaged shard(s):\n  "
                           + "\n  ".join(damaged), UserWarning, stacklevel=4)
-        if intact != manifest["completed"]:
+        if intact != manifest["completed"] or merged:
             manifest["completed"] = intact
             write_json_atomic(root / MANIFEST, manifest)
+        remove_rank_progress(root)  # merged into the manifest (after it was written)
         return manifest
+    remove_rank_progress(root)  # progress of an earlier extraction whose manifest is gone: never merged
     shapes, label_keys = _probe(collector, source)
     dtype = DTYPES[header["dtype"]]
     shard_size = shard_size or default_shard_size(shapes, len(label_keys), dtype, header["batch_size"])
@@ -317,21 +329,29 @@ def _resume_or_start(root: Path, collector: SiteCollector, source, header: dict,
     return manifest
 
 
+def missing_shards(manifest: dict) -> list[int]:
+    """Indices of the shards not yet completed, in order."""
+    done = {r["start"] // manifest["shard_size"] for r in manifest["completed"]}
+    return [i for i in range(manifest["n_shards"]) if i not in done]
+
+
 def _extract_missing_shards(root: Path, manifest: dict, collector: SiteCollector, source, dtype: torch.dtype,
-                            batch_size: int, progress: bool) -> None:
+                            batch_size: int, progress: bool, only: Optional[Sequence[int]] = None,
+                            on_shard=None) -> None:
     """Run the batches of every shard not yet completed (not necessarily a suffix: a damaged shard in the
-    middle is recomputed alone); write each shard when full, then record it in the manifest."""
+    middle is recomputed alone), or of the shards `only` (a distributed rank's share); write each shard when
+    full, then record it: in the manifest, or by `on_shard(record)` (a distributed rank's own progress file)."""
     n, shard_size = manifest["n"], manifest["shard_size"]
-    done = {r["start"] // shard_size for r in manifest["completed"]}
-    missing = [i for i in range(manifest["n_shards"]) if i not in done]
+    missing = missing_shards(manifest) if only is None else list(only)
     if not missing:
         return
     shapes = {s: manifest["sites"][s]["shape"] for s in collector.sites}
     buffer = RowBuffer(min(shard_size, n), shapes, manifest["label_keys"], dtype)  # reused for every shard
     # this call's batch size may differ from the first run's (the manifest keeps that one): shards hold the same rows
     plan = [batch for i in missing for batch in plan_batches(*shard_rows(manifest, i), batch_size, shard_size)]
-    n_done = n - sum(b - a for a, b in plan)
-    for (start, stop), acts, labels in _run(collector, source, plan, n, n_done, progress):
+    total = n if only is None else sum(b - a for a, b in plan)  # a rank's bar counts its own share
+    n_done = total - sum(b - a for a, b in plan)
+    for (start, stop), acts, labels in _run(collector, source, plan, total, n_done, progress):
         _check_shapes(acts, shapes)
         shard, row = divmod(start, shard_size)
         buffer.put(row, acts, labels)
@@ -339,7 +359,11 @@ def _extract_missing_shards(root: Path, manifest: dict, collector: SiteCollector
         if stop == shard_stop:
             written = save_shard(root / shard_name(shard), buffer.tensors(stop - shard_start),
                                  shard_metadata(shard, shard_start, stop, manifest["dtype"]))
-            manifest["completed"].append({"file": shard_name(shard), "start": shard_start, "stop": stop, **written})
+            record = {"file": shard_name(shard), "start": shard_start, "stop": stop, **written}
+            if on_shard is not None:
+                on_shard(record)
+                continue
+            manifest["completed"].append(record)
             manifest["completed"].sort(key=lambda r: r["start"])
             manifest["updated"] = _now()
             write_json_atomic(root / MANIFEST, manifest)

@@ -108,8 +108,11 @@ def save_shard(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str,
 
 
 # Leftovers of a killed run: files.atomic_write's temporary names, and the older `<name>.tmp` ones.
-_LEFTOVERS = (f".{MANIFEST}.*{TMP_SUFFIX}", f".shard_*.safetensors.*{TMP_SUFFIX}",
+_LEFTOVERS = (f".{MANIFEST}.*{TMP_SUFFIX}", f".shard_*.safetensors.*{TMP_SUFFIX}", f".progress_rank*.json.*{TMP_SUFFIX}",
               f"{MANIFEST}{TMP_SUFFIX}", f"shard_*.safetensors{TMP_SUFFIX}")
+# A distributed extraction's ranks record their finished shards here (rank 0 alone writes the manifest);
+# rank 0 merges them into the manifest at the end, or on the next run if a rank died.
+RANK_PROGRESS = "progress_rank*.json"
 
 
 def remove_leftovers(root: Path) -> list[str]:
@@ -124,9 +127,51 @@ def remove_leftovers(root: Path) -> list[str]:
 
 def clear_cache_dir(root: Path) -> None:
     """Remove the store's own files (manifest, shards, temporary files) and nothing else."""
-    for pattern in (MANIFEST, "shard_*.safetensors", *_LEFTOVERS):
+    for pattern in (MANIFEST, "shard_*.safetensors", RANK_PROGRESS, *_LEFTOVERS):
         for path in root.glob(pattern):
             path.unlink()
+
+
+# ---------------------------------------------------------------------------------------------- rank progress
+def rank_progress_name(rank: int) -> str:
+    return f"progress_rank{rank:05d}.json"
+
+
+def write_rank_progress(root: Path, rank: int, manifest: dict, records: Sequence[dict]) -> None:
+    """Record (atomically) the shards rank `rank` finished in this run. `manifest["created"]` ties the file
+    to its manifest, so progress left over from another extraction is never merged."""
+    write_json_atomic(Path(root) / rank_progress_name(rank),
+                      {"schema": SCHEMA, "rank": rank, "manifest_created": manifest.get("created"),
+                       "completed": list(records)})
+
+
+def merge_rank_progress(root: Path, manifest: dict) -> int:
+    """Add the shards recorded in progress_rank*.json files (by ranks of a distributed run, perhaps one that
+    died) to `manifest["completed"]` in place; returns how many were added. Records are verified later like
+    any other (`sort_out_shards`); files of another extraction or unreadable ones are ignored."""
+    known = {r.get("start") for r in manifest.get("completed", []) if isinstance(r, dict)}
+    added = 0
+    for path in sorted(Path(root).glob(RANK_PROGRESS)):
+        try:
+            progress = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not (isinstance(progress, dict) and progress.get("schema") == SCHEMA
+                and progress.get("manifest_created") == manifest.get("created")):
+            continue
+        for record in progress.get("completed", []):
+            if isinstance(record, dict) and record.get("start") not in known:
+                manifest.setdefault("completed", []).append(record)
+                known.add(record.get("start"))
+                added += 1
+    manifest.get("completed", []).sort(
+        key=lambda r: r["start"] if isinstance(r, dict) and isinstance(r.get("start"), int) else -1)
+    return added
+
+
+def remove_rank_progress(root: Path) -> None:
+    for path in Path(root).glob(RANK_PROGRESS):
+        path.unlink()
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -368,9 +413,11 @@ class ActivationStore:
             n_done = sum(r["stop"] - r["start"] for r in completed_records(manifest).values())
             raise ValueError(
                 f"the extraction in {root} is unfinished ({len(completed_records(manifest))} of "
-                f"{manifest['n_shards']} shards, {n_done} of {manifest['n']} items); call extract(...) again with "
-                "the same arguments and cache_dir to resume it, or open it with partial=True to read the "
-                "completed part"
+                f"{manifest['n_shards']} shards, {n_done} of {manifest['n']} items"
+                + (", more recorded in progress_rank*.json by the ranks of a distributed run"
+                   if any(root.glob(RANK_PROGRESS)) else "")
+                + "); call extract(...) again with the same arguments and cache_dir to resume it, or open it with "
+                "partial=True to read the completed part"
             )
         return cls(manifest, root=root)
 
