@@ -6,6 +6,7 @@
     workbench train-toy            re-train the embedded SynthSocial CLIP (seeded, a few minutes)
     workbench sae list|train|info  the shipped SAEs: figures, re-training one (`--preset NAME`), top latents
     workbench experts --out DIR    expert heads: find, intervene, evaluate; report, figures and specs in DIR
+    workbench ntide --out DIR      N-TIDE: train a CLIP-taught image-only student and its ablations; table, figures, checkpoints
     workbench extract --sites S --cache-dir DIR  activations into a store; under torchrun, one share per process
 """
 from __future__ import annotations
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     from workbench.experts_command import add_parser as add_experts_parser
 
     add_experts_parser(sub)  # workbench experts
+    from workbench.ntide_command import add_parser as add_ntide_parser
+
+    add_ntide_parser(sub)  # workbench ntide
     from workbench.extract_command import add_parser as add_extract_parser
 
     add_extract_parser(sub)  # workbench extract (torchrun: many processes)
