@@ -90,8 +90,10 @@ class Gallery:
                 for k, v in lab.items():
                     collected.setdefault(k, []).append(torch.as_tensor(v))
                 used += x.numel() * x.element_size()
-                if kept is not None:
-                    kept = kept + [x] if used <= budget else None
+                if kept is not None and used <= budget:
+                    kept.append(x)
+                elif kept is not None:
+                    kept = None  # too large to keep: forward passes re-read the dataset
                 bar.update(len(x))
                 yield x
 
