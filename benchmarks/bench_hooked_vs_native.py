@@ -1,75 +1,51 @@
 """Hooked vs native open_clip `encode_image` on ViT-B-32 (random weights), batch 16.
 
-Prints, from one run, the median wall time of native open_clip, HookedCLIP with no hooks, and HookedCLIP
-caching every `hook_cls_result`, and the ratios against native. Goal: ≤ 1.05× with no hooks.
-Runs are interleaved (native, hooked, hooked+cache, native, …) so background load affects all alike.
+Cases: HookedCLIP with no hooks (goal ≤ 1.05× native) and caching every `hook_cls_result` (goal ≤ 1.1×); the
+baseline is native open_clip `encode_image` on the same inputs, runs interleaved (native, hooked, hooked+cache, …)
+so background load affects all alike; medians.
 
-    python benchmarks/bench_hooked_vs_native.py [--model ViT-B-32] [--batch 16] [--repeats 15] [--threads N]
+    python -m benchmarks --only hooked_vs_native        (or: python benchmarks/bench_hooked_vs_native.py)
 """
-import argparse
+from __future__ import annotations
+
 import os
-import statistics
-import time
-import warnings
+import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.common import case, interleaved, median, random_clip  # noqa: E402
+
+ARCH, BATCH = "ViT-B-32", 16
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args()
-
-    import open_clip
+def run(device: str = "cpu", dtype: str = "float32", quick: bool = False) -> list[dict]:
     import torch
 
-    from workbench.models import HookedCLIP
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        native = open_clip.create_model(args.model, pretrained=None).eval().to(args.device)
-    hooked = HookedCLIP.from_open_clip(native).eval().to(args.device)
-    size = hooked.visual.cfg.image_size
-    x = torch.randn(args.batch, 3, *size, device=args.device)
+    batch, repeats = (4, 3) if quick else (BATCH, 15)
+    native, hooked = random_clip(ARCH, device, dtype)
+    x = torch.randn(batch, 3, *hooked.visual.cfg.image_size, generator=torch.Generator().manual_seed(0)).to(
+        device=device, dtype=getattr(torch, dtype))
     names = [f"blocks.{l}.attn.hook_cls_result" for l in range(hooked.visual.cfg.n_layers)]
-
-    def sync():
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    runs = {
-        "native open_clip": lambda: native.encode_image(x),
-        "hooked, no hooks": lambda: hooked.encode_image(x),
-        "hooked, cache hook_cls_result": lambda: hooked.run_with_cache(x, names_filter=names),
-    }
-    times = {k: [] for k in runs}
     with torch.inference_mode():
-        for fn in runs.values():  # warm-up
-            fn(), fn()
-        for _ in range(args.repeats):
-            for k, fn in runs.items():
-                sync()
-                t0 = time.perf_counter()
-                fn()
-                sync()
-                times[k].append(time.perf_counter() - t0)
-        diff = (hooked.encode_image(x) - native.encode_image(x)).abs().max().item()
-
-    base = statistics.median(times["native open_clip"])
-    print(f"{args.model}, batch {args.batch}, {args.device}, torch threads {torch.get_num_threads()}, "
-          f"{args.repeats} interleaved repeats (median)")
-    for k, ts in times.items():
-        med = statistics.median(ts)
-        print(f"  {k:32s} {med * 1e3:8.1f} ms   ratio vs native {med / base:5.3f}")
-    print(f"  max |hooked − native| = {diff:.2e}")
+        times = interleaved({
+            "native": lambda: native.encode_image(x),
+            "hooked": lambda: hooked.encode_image(x),
+            "cache": lambda: hooked.run_with_cache(x, names_filter=names),
+        }, repeats, device)
+        diff = float((hooked.encode_image(x).float() - native.encode_image(x).float()).abs().max())
+    base = median(times["native"])
+    common = dict(unit="ms", baseline_name="native open_clip encode_image", ratio_means="figure / baseline",
+                  device=device, dtype=dtype, model=f"{ARCH} random weights", batch=batch, repeats=repeats,
+                  native_ms=[1e3 * t for t in times["native"]], threads=torch.get_num_threads())
+    out = []
+    for key, label, goal in (("hooked", "hooked encode_image, no hooks", 1.05),
+                             ("cache", "hooked, caching every hook_cls_result", 1.1)):
+        ratio = median(times[key]) / base
+        out.append(case(f"{label} ({ARCH}, batch {batch})", figure=1e3 * median(times[key]), baseline=1e3 * base,
+                        ratio=ratio, goal=f"≤ {goal}×", met=ratio <= goal, runs_ms=[1e3 * t for t in times[key]],
+                        max_abs_diff_vs_native=diff, **common))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    for row in run(quick="--quick" in sys.argv):
+        print(row)

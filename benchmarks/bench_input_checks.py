@@ -1,68 +1,44 @@
 """Cost of the image tower's input check (finite values) against one forward pass, ViT-B-32, batch 16.
 
-Prints the median wall time of `encode_image` (which runs the check), of the check alone
-(`check_finite`), and their ratio. Goal: the check costs < 1 % of the forward pass.
-Runs are interleaved so background load affects both alike.
+Figure: `check_finite` alone; baseline: `encode_image` (which runs the check); interleaved, medians (the check's
+time is the best of 5 calls per repeat). Goal: the check costs < 1 % of the forward pass.
 
-    python benchmarks/bench_input_checks.py [--model ViT-B-32] [--batch 16] [--repeats 15] [--threads N]
+    python -m benchmarks --only input_checks
 """
-import argparse
+from __future__ import annotations
+
 import os
-import statistics
-import time
-import warnings
+import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.common import case, median, random_clip, timed  # noqa: E402
+
+ARCH, BATCH = "ViT-B-32", 16
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args()
-
-    import open_clip
+def run(device: str = "cpu", dtype: str = "float32", quick: bool = False) -> list[dict]:
     import torch
 
-    from workbench.models import HookedCLIP
     from workbench.models.preprocess import check_finite
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        native = open_clip.create_model(args.model, pretrained=None).eval().to(args.device)
-    model = HookedCLIP.from_open_clip(native).eval().to(args.device)
+    batch, repeats = (4, 3) if quick else (BATCH, 15)
+    native, model = random_clip(ARCH, device, dtype)
     del native
-    x = torch.randn(args.batch, 3, *model.visual.cfg.image_size, device=args.device)
-
-    def sync():
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    def timed(fn) -> float:
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - start
-
+    x = torch.randn(batch, 3, *model.visual.cfg.image_size, generator=torch.Generator().manual_seed(0)).to(
+        device=device, dtype=getattr(torch, dtype))
     forward, check = [], []
     with torch.no_grad():
         model.encode_image(x)  # warm-up
-        for _ in range(args.repeats):
-            forward.append(timed(lambda: model.encode_image(x)))
-            check.append(min(timed(lambda: check_finite(x)) for _ in range(5)))
-    f, c = statistics.median(forward), statistics.median(check)
-    print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, {args.device}, "
-          f"{args.repeats} repeats (medians)")
-    print(f"  encode_image (includes the check): {f * 1e3:8.2f} ms")
-    print(f"  check_finite alone:                {c * 1e3:8.3f} ms  = {100 * c / f:.3f} % of the forward pass")
+        for _ in range(repeats):
+            forward.append(timed(lambda: model.encode_image(x), device))
+            check.append(min(timed(lambda: check_finite(x), device) for _ in range(5)))
+    f, c = median(forward), median(check)
+    return [case(f"finite-input check vs encode_image ({ARCH}, batch {batch})", figure=1e3 * c, baseline=1e3 * f,
+                 unit="ms", baseline_name="encode_image (includes the check)", ratio=c / f,
+                 ratio_means="figure / baseline", goal="< 0.01", met=c / f < 0.01, device=device, dtype=dtype,
+                 batch=batch, repeats=repeats, forward_ms=[1e3 * t for t in forward],
+                 check_ms=[1e3 * t for t in check], threads=torch.get_num_threads())]
 
 
 if __name__ == "__main__":
-    main()
+    print(run(quick="--quick" in sys.argv))

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.common import case  # noqa: E402
 from workbench.probes import LinearProbes  # noqa: E402
 
 
@@ -121,6 +122,7 @@ def main(argv=None) -> dict:
         help="scikit-learn loops; the best time is kept (the same loop varied 10-14 s within one run here)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="device of the LinearProbes solve (default: CPU)")
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.layers, args.heads, args.sklearn_repeats = 2000, 2, 4, 1
@@ -141,7 +143,7 @@ def main(argv=None) -> dict:
 
     fit_times = []
     for _ in range(args.repeats):
-        probes = LinearProbes(l2=l2, standardize=False, tol=1e-4, max_iter=100, seed=args.seed)
+        probes = LinearProbes(l2=l2, standardize=False, tol=1e-4, max_iter=100, seed=args.seed, device=args.device)
         start = time.perf_counter()
         probes.fit(Xtr, ytr)
         fit_times.append(time.perf_counter() - start)
@@ -189,6 +191,18 @@ def main(argv=None) -> dict:
           f"heads range {acc_ours.min():.3f} .. {acc_ours.max():.3f}")
     print(f"objective     max (ours - sklearn) {result['objective_gap_max']:+.2e}  (<= 0: ours at least as converged)")
     return result
+
+
+def run(device: str = "cpu", dtype: str = "float32", quick: bool = False) -> list[dict]:
+    """The suite's case: fit time of LinearProbes vs the scikit-learn loop (scikit-learn runs on the CPU in float64
+    internally; the probes solve on `device` from float32 features)."""
+    r = main((["--quick"] if quick else []) + ["--device", device])
+    delta = r["max_abs_delta_acc"]
+    return [case(f"all-head probes vs per-head scikit-learn loop ({'quick size' if quick else '144 heads × 10,000'})",
+                 figure=r["ours_fit_s"], baseline=r["sklearn_fit_s"], unit="s",
+                 baseline_name="LogisticRegression per head, 1 thread", ratio=r["speedup_fit"],
+                 ratio_means="baseline / figure (speed-up)", goal="≥ 20×, max |Δaccuracy| ≤ 0.01",
+                 met=r["speedup_fit"] >= 20 and delta <= 0.01, device=device, dtype="float32 features", **r)]
 
 
 if __name__ == "__main__":

@@ -15,12 +15,16 @@ Exit status 1 when the ratio is below the target.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from benchmarks.common import case  # noqa: E402
 
 TARGET = 0.9
 SITE = "blocks.5.hook_resid_post"
@@ -75,7 +79,12 @@ def baseline(rows: torch.Tensor, args) -> float:
     return (args.steps - WARMUP) / (end - stamps[WARMUP])
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ratio = measure(argv)["ratio"]
+    return 0 if ratio >= TARGET else 1
+
+
+def measure(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="images")
     parser.add_argument("--steps", type=int, default=150)
@@ -85,11 +94,18 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--expansion", type=int, default=8)
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.n, args.steps, args.repeats = 300, 30, 1
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _measure(args)
+    finally:
+        torch.set_num_threads(threads)
 
+
+def _measure(args) -> dict:
     from tqdm import tqdm  # noqa: F401  (sae_lens's fit prints a bar; keep it off the figures)
 
     from workbench import load_clip
@@ -113,7 +129,19 @@ def main() -> int:
     ratio = statistics.median(ours_runs) / statistics.median(base_runs)
     print(f"median: store {statistics.median(ours_runs):.2f} steps/s, memory {statistics.median(base_runs):.2f} "
           f"steps/s, ratio {ratio:.3f} (target ≥ {TARGET})")
-    return 0 if ratio >= TARGET else 1
+    return {"ours": statistics.median(ours_runs), "baseline": statistics.median(base_runs), "ratio": ratio,
+            "ours_runs": ours_runs, "baseline_runs": base_runs, "n_images": args.n, "steps": args.steps,
+            "architecture": args.architecture, "expansion": args.expansion, "batch_size": args.batch_size}
+
+
+def run(device: str = "cpu", dtype: str = "float32", quick: bool = False) -> list[dict]:
+    """The suite's case (CPU, one torch thread, float32: the training loop's own settings)."""
+    r = measure(["--quick"] if quick else [])
+    return [case(f"SAE training from the store vs sae_lens from memory ({r['architecture']} ×{r['expansion']}, "
+                 f"batch {r['batch_size']})", figure=r["ours"], baseline=r["baseline"], unit="steps/s",
+                 baseline_name="sae_lens SAETrainer.fit, in-memory tensor", ratio=r["ratio"],
+                 ratio_means="figure / baseline", goal=f"≥ {TARGET}×", met=r["ratio"] >= TARGET, device="cpu",
+                 dtype="float32", **r)]
 
 
 if __name__ == "__main__":
