@@ -7,7 +7,9 @@
     workbench sae list|train|info  the shipped SAEs: figures, re-training one (`--preset NAME`), top latents
     workbench experts --out DIR    expert heads: find, intervene, evaluate; report, figures and specs in DIR
     workbench ntide --out DIR      N-TIDE: train a CLIP-taught image-only student and its ablations; table, figures, checkpoints
+    workbench sem --out DIR        SEM (SEMi/SEMb/SEMbi) vs projection baselines, disentanglement; report in DIR
     workbench extract --sites S --cache-dir DIR  activations into a store; under torchrun, one share per process
+    workbench debiaslens --out DIR DebiasLens: social neurons on SAEs silenced at inference; α sweep, report in DIR
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ def cmd_train_toy(args) -> int:
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
-    run_demo(out_dir=args.out, quick=args.quick)
+    run_demo(out_dir=args.out, quick=args.quick, with_ntide=args.with_ntide, progress=not args.quiet)
     return 0
 
 
@@ -81,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for summary.json, the exported intervention spec and "
                    "a figure (checked to be writable before any work)")
     p.add_argument("--quick", action="store_true", help="fewer images (for smoke tests)")
+    p.add_argument("--with-ntide", action="store_true", help="also train and score N-TIDE (a few minutes more)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("info", help="model summary and decomposition check")
@@ -111,9 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     from workbench.ntide_command import add_parser as add_ntide_parser
 
     add_ntide_parser(sub)  # workbench ntide
+    from workbench.sem_command import add_parser as add_sem_parser
+
+    add_sem_parser(sub)  # workbench sem
     from workbench.extract_command import add_parser as add_extract_parser
 
     add_extract_parser(sub)  # workbench extract (torchrun: many processes)
+    from workbench.debiaslens_command import add_parser as add_debiaslens_parser
+
+    add_debiaslens_parser(sub)  # workbench debiaslens
     return parser
 
 
