@@ -5,14 +5,22 @@
 3. find expert heads (`workbench.methods.expert_heads`): every head's direct contribution on a held-out
    reference set, a gender probe per head, and each head's share of the retrieval bias;
 4. replace the top heads' CLS writes with the gender-neutral prototype and measure again;
-5. export the intervention as a JSON spec, reload it and check it reproduces the embeddings bit for bit.
+5. export the intervention as a JSON spec, reload it and check it reproduces the embeddings bit for bit;
+6. all methods side by side (`workbench.methods.comparison`): expert heads, SEM (i, b, bi), the projection
+   baselines and DebiasLens on the shipped SAEs, evaluated together on the same gallery (bias-query MaxSkew / KL,
+   NDKL, zero-shot accuracy, mAP, worst-group accuracy on test_spurious), every exportable variant as a spec;
+7. (`--with-ntide`) N-TIDE: train the teacher, the student and the baselines, and score them;
+8. one self-contained HTML report (plotly bundled, no CDN) with the card, the table, the figures and a gallery.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 TOP_HEADS = 3
 GROUPS = ("gender", "ethnicity")
+BEST_ZERO_SHOT_DROP = 0.02  # the best variant may cost at most 2 points of zero-shot accuracy
 
 
 def _print_metrics(columns: dict) -> None:
@@ -22,13 +30,43 @@ def _print_metrics(columns: dict) -> None:
         print(f"   {key:28s}" + "".join(f"{columns[n][key]:10.4f}" for n in names))
 
 
-def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0) -> dict:
+def _best(result, attribute: str = "gender") -> Optional[str]:
+    """Lowest `{attribute}_maxskew_occupations` among variants whose zero-shot accuracy drops ≤ 2 points."""
+    key = f"{attribute}_maxskew_occupations"
+    base_zs = result.value("baseline", "zero_shot_accuracy")
+    ok = [v for v in result.variants if v != "baseline"
+          and base_zs - result.value(v, "zero_shot_accuracy") <= BEST_ZERO_SHOT_DROP + 1e-12]
+    return min(ok, key=lambda v: result.value(v, key), default=None)
+
+
+def _save_specs(out, comparison) -> dict:
+    """specs/NAME.json for every exportable variant (a variant made of several specs: NAME.TOWER.json)."""
+    folder = out / "specs"
+    folder.mkdir(exist_ok=True)
+    written = {}
+    for name, spec in comparison.specs.items():
+        if spec is None:
+            written[name] = None
+        elif isinstance(spec, list):
+            paths = []
+            for part in spec:
+                tower = part.edits[0].tower if part.edits else "spec"
+                paths.append(str(part.save(folder / f"{name}.{tower}.json").relative_to(out)))
+            written[name] = paths
+        else:
+            written[name] = str(spec.save(folder / f"{name}.json").relative_to(out))
+    return written
+
+
+def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0, with_ntide: bool = False,
+             progress: bool = True) -> dict:
     from workbench.data import SynthSocial, vocab
     from workbench.evaluation import embed_images, retrieval_report
     from workbench.files import check_writable_dir, write_json_atomic, write_text_atomic
     from workbench.methods import get_method
     from workbench.models import load_clip
     from workbench.primitives import InterventionSpec, apply, intervene
+    from workbench.methods.comparison import compare_methods
     from workbench.viz import plot_head_scores
 
     out = check_writable_dir(out_dir, "demo output folder")  # before the work, so no result is lost
@@ -84,6 +122,58 @@ def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0) -> dict:
     summary = {"method": "expert_heads", "evaluation": repr(evaluation), "reference": repr(reference),
                "heads": [list(h) for h in found.heads], "attribution": found.attribution.tolist(),
                "before": before, "after": after, "spec": str(path), "bit_exact": same}
+    write_json_atomic(out / "summary.json", summary)  # the first half is saved before the longer second half
+
+    print("\n6. All methods side by side: expert heads, SEM, projection baselines, DebiasLens (α = 0.6)")
+    spurious = SynthSocial("test_spurious", seed=seed, n=512 if quick else 1024)
+    comparison = compare_methods(model, reference, evaluation, spurious=spurious, n_boot=500 if quick else 1000,
+                                 seed=seed, progress=progress)
+    shown = [m for m in ("gender_maxskew_occupations", "gender_maxskew_stereotypes", "gender_ndkl",
+                         "zero_shot_accuracy", "worst_group_accuracy") if m in comparison.result.metrics]
+    print(comparison.table(shown, intervals=False).to_string(float_format=lambda v: f"{v:.4f}"))
+    result = comparison.result
+    best = _best(result)
+    specs = _save_specs(out, comparison)
+    summary["comparison"] = {
+        "gallery": repr(evaluation), "spurious": repr(spurious), "seconds": comparison.seconds, "best": best,
+        "best_beyond_noise": None if best is None else result.beyond_noise(best, "baseline",
+                                                                           "gender_maxskew_occupations"),
+        "baseline": {m: result.value("baseline", m) for m in result.metrics},
+        "variants": [{"name": v, "method": comparison.method_of[v],
+                      "metrics": {m: result.value(v, m) for m in result.metrics},
+                      "intervals": {r.metric: [r.lo, r.hi] for r in result.table[result.table.variant == v].itertuples()},
+                      "spec": specs[v]} for v in result.variants if v != "baseline"],
+    }
+    print(f"   best (lowest gender MaxSkew on occupation prompts, zero-shot down ≤ 2 points): {best}")
+
+    ntide = None
+    if with_ntide:
+        print("\n7. N-TIDE: teacher, student and baselines (trained here)")
+        ntide = _run_ntide(out / "ntide", model, seed, quick, progress)
+        summary["ntide"] = ntide
+
+    print("\n8. Report")
+    from workbench.demo_report import write_report
+
+    report = write_report(out / "report.html", model=model, summary=summary, comparison=comparison,
+                          gallery=evaluation, reference=reference, ntide=ntide)
+    summary["report"] = str(report)
     write_json_atomic(out / "summary.json", summary)
-    print(f"   summary: {out / 'summary.json'}")
+    print(f"   report: {report}\n   summary: {out / 'summary.json'}")
     return summary
+
+
+def _run_ntide(folder, model, seed: int, quick: bool, progress: bool) -> dict:
+    """`workbench ntide` into folder (its own report and checkpoints); the rows the HTML report shows."""
+    from workbench.ntide_command import run_ntide_command
+
+    kw = {"n_train": 2000, "n_test": 512} if quick else {}
+    summary = run_ntide_command(folder, model=model, seed=seed, progress=progress, **kw)
+    shown = ("accuracy", "eo_diff", "eop_diff", "dp_diff", "rbd")
+    rows = [{"name": "student (baseline)", **{m: summary["baseline"].get(m) for m in shown}}]
+    rows += [{"name": v["name"], **{m: v["metrics"].get(m) for m in shown}} for v in summary["variants"]]
+    print(f"   {summary['finding']}")
+    return {"folder": str(folder), "seconds": summary["seconds"], "best": summary["best"],
+            "finding": summary["finding"], "target": summary["target"], "group": summary["attribute"], "rows": rows,
+            "caption": f"{summary['target']} classifiers, {summary['attribute']} as the protected group; trained on "
+                       f"{summary['train']}, scored on {summary['test']}. Full report: ntide/table.md."}

@@ -42,6 +42,36 @@ def test_demo_writes_its_outputs(run):
         "zero_shot_accuracy", "gender_ndkl", "gender_maxskew_at_100", "ethnicity_ndkl", "ethnicity_maxskew_at_100"}
 
 
+def test_demo_compares_every_method_on_one_gallery(run):
+    from workbench.primitives import InterventionSpec
+
+    out, summary = run
+    comparison = summary["comparison"]
+    methods = {v["method"] for v in comparison["variants"]}
+    assert methods == {"expert_heads", "sem", "projection", "debiaslens"}
+    names = {v["name"] for v in comparison["variants"]}
+    assert {"sem_i", "sem_b", "sem_bi", "orth_proj", "debiaslens_i", "experts_attribution_top3_neutral"} <= names
+    for v in comparison["variants"]:
+        assert set(v["metrics"]) == set(comparison["baseline"])
+        assert "worst_group_accuracy" in v["metrics"] and "gender_maxskew_occupations" in v["metrics"]
+        lo, hi = v["intervals"]["gender_maxskew_occupations"]
+        assert lo <= v["metrics"]["gender_maxskew_occupations"] <= hi
+        for path in ([v["spec"]] if isinstance(v["spec"], str) else v["spec"] or []):
+            assert InterventionSpec.load(out / path).provenance["method"] in {"expert_heads", "sem", "projection",
+                                                                            "debiaslens"}
+    assert next(v for v in comparison["variants"] if v["name"] == "sem_i")["spec"] is None  # an API call
+    assert comparison["best"] in names
+
+
+def test_demo_writes_a_self_contained_report(run):
+    out, summary = run
+    html = (out / "report.html").read_text()
+    assert summary["report"] == str(out / "report.html")
+    assert html.count('class="plotly-graph-div"') >= 4
+    assert "<script src=" not in html and 'src="http' not in html  # plotly.js is inline: the page works offline
+    assert "All methods side by side" in html and "data:image/png;base64," in html
+
+
 def test_same_data_and_heads(run, golden):
     _, summary = run
     assert summary["evaluation"] == golden["evaluation"] and summary["reference"] == golden["reference"]
