@@ -105,9 +105,12 @@ def disentanglement_score(features, main, bias, *, n_splits: int = N_SPLITS, see
                          "needs each class once (more prompts per class, or fewer splits)")
     if not torch.isfinite(X).all():
         raise ValueError("features contain NaN or inf")
-    rows = []
-    folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for fold, (train, test) in enumerate(folds.split(np.zeros(n), y_main)):
+    from workbench.probes.threads import map_tasks
+
+    def fold(task):
+        # one unit per probe: the folds are the parallel work (the probes' thread policy: one intra-op thread
+        # per worker; a single probe on many intra-op threads stalls when another process holds a core)
+        k, (train, test) = task
         x_train, x_test = X[train][:, None], X[test][:, None]  # one unit
         main_probe = _probe(max_iter, seed).fit(x_train, y_main[train])
         bias_probe = _probe(max_iter, seed).fit(x_train, y_bias[train])
@@ -117,11 +120,14 @@ def disentanglement_score(features, main, bias, *, n_splits: int = N_SPLITS, see
             logits_train, logits_test = logits_train[:, None], logits_test[:, None]
         seq = torch.as_tensor(logits_train, dtype=torch.float32)[:, None]
         seq_probe = _probe(max_iter, seed).fit(seq, y_bias[train])
-        rows.append({"fold": fold,
-                     "acc_main": float(main_probe.score(x_test, y_main[test])[0]),
-                     "acc_b": float(bias_probe.score(x_test, y_bias[test])[0]),
-                     "acc_b_given_main": float(seq_probe.score(
-                         torch.as_tensor(logits_test, dtype=torch.float32)[:, None], y_bias[test])[0])})
+        return {"fold": k,
+                "acc_main": float(main_probe.score(x_test, y_main[test])[0]),
+                "acc_b": float(bias_probe.score(x_test, y_bias[test])[0]),
+                "acc_b_given_main": float(seq_probe.score(
+                    torch.as_tensor(logits_test, dtype=torch.float32)[:, None], y_bias[test])[0])}
+
+    splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(n), y_main)
+    rows = map_tasks(fold, list(enumerate(splits)), "cpu")
     table = pd.DataFrame(rows)
     stats = {k: (float(table[k].mean()), float(np.std(table[k].to_numpy()))) for k in
              ("acc_main", "acc_b", "acc_b_given_main")}
