@@ -164,27 +164,26 @@ def _train_here(model, data, tower: str, out: Path, steps: int, seed: int, progr
     """Train a DebiasLens SAE (Matryoshka BatchTopK, k 20, ×2, aux-K 1.0: the shipped image-resid-last recipe) at
     the tower's last block on every token, seeded, with one torch thread (the same SAE on any machine with the
     same torch build); save it under out/saes/{tower}. (folder, facts for summary.json)"""
-    from workbench.saes import save_sae, train_sae
+    from workbench.saes import activation_store, save_sae, train_sae
     from workbench.saes.command import reconstruction_stats
 
     site = _last_site(model, tower)
+    store = activation_store(model, data, site, position="all", progress=progress)  # one extraction pass
+    rows = store[site].reshape(-1, store[site].shape[-1]).float()
+    batch_size = min(1024, len(rows))  # a small reference set holds fewer rows than one batch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         start = time.process_time()
-        sae = train_sae(model, data, site, preset="debiaslens", position="all", expansion=2, aux_coefficient=1.0,
-                        steps=steps, batch_size=1024, seed=seed, progress=progress)
+        sae = train_sae(model, store, site, preset="debiaslens", position="all", expansion=2, aux_coefficient=1.0,
+                        steps=steps, batch_size=batch_size, seed=seed, progress=progress)
         cpu = time.process_time() - start
     finally:
         torch.set_num_threads(threads)
     folder = out / "saes" / tower
     save_sae(sae, folder, model=model, site=site)
-    from workbench.activations import extract, extract_text
-
-    run = extract_text if tower == "text" else extract
-    store = run(model, data[:2048] if tower == "text" else data, site, position="all", progress=False)
-    stats = reconstruction_stats(sae, store[site].reshape(-1, store[site].shape[-1]).float())
-    return str(folder.resolve()), {"source": "trained", "site": site, "steps": steps, "batch_size": 1024,
+    stats = reconstruction_stats(sae, rows)  # on its training rows
+    return str(folder.resolve()), {"source": "trained", "site": site, "steps": steps, "batch_size": batch_size,
                                    "seed": seed, "d_sae": int(sae.cfg.d_sae), "cpu_seconds": round(cpu, 1),
                                    "training_data": repr(data) if tower == "image" else f"{len(data)} prompts",
                                    **{f"train_{k}": round(v, 4) for k, v in stats.items()}}
@@ -448,8 +447,9 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
             neurons, examples, title=f"{t} side: selected latents at {neurons.site} (τ = {tau:g}), their top "
                                      f"{'images' if t == 'image' else 'prompts'} and mean activation by group"))
     if len(sweep_frame):
-        write_figure(figures, "alpha_sweep", plot_alpha_sweep(sweep_frame, title="α sweep: bias (mean MaxSkew over "
-                                                              f"{', '.join(groups)}) vs utility"))
+        utility = next((m for m in ("zero_shot_accuracy", "map") if m in sweep_frame.columns), None)
+        write_figure(figures, "alpha_sweep", plot_alpha_sweep(
+            sweep_frame, utility=utility, title=f"α sweep: bias (mean MaxSkew over {', '.join(groups)}) vs utility"))
 
     lap("write")
     baseline = metrics["baseline"]

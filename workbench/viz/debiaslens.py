@@ -75,19 +75,21 @@ def plot_social_neurons(neurons, examples: Mapping[int, Sequence], title: Option
     return fig
 
 
-def plot_alpha_sweep(sweep, bias: str = "maxskew_occupations", utility: str = "zero_shot_accuracy",
+def plot_alpha_sweep(sweep, bias: str = "maxskew_occupations", utility: Optional[str] = "zero_shot_accuracy",
                      title: Optional[str] = None):
     """The α sweep: bias (left) and utility (right) against α, one line per tower ("i", "t", "it").
 
     sweep: DataFrame with columns tower, alpha, `bias`, `utility` (and `{utility}_lo` / `_hi` for error bars),
-    one row per (tower, α), as the debiaslens command's alpha_sweep.csv."""
+    one row per (tower, α), as the debiaslens command's alpha_sweep.csv. utility=None (a gallery without a
+    class label has no zero-shot accuracy): the bias panel only."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    missing = [c for c in ("tower", "alpha", bias, utility) if c not in sweep.columns]
+    missing = [c for c in ("tower", "alpha", bias, *([utility] if utility else [])) if c not in sweep.columns]
     if missing:
         raise ValueError(f"the sweep table lacks the columns {missing}; it has {list(sweep.columns)}")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"bias: {bias}", f"utility: {utility}"])
+    panels = [f"bias: {bias}"] + ([f"utility: {utility}"] if utility else [])
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels)
     labels = {"i": "image", "t": "text", "it": "image + text"}
     colours = {"i": "#1f77b4", "t": "#ff7f0e", "it": "#2ca02c"}
     for tower, rows in sweep.groupby("tower", sort=False):
@@ -96,6 +98,8 @@ def plot_alpha_sweep(sweep, bias: str = "maxskew_occupations", utility: str = "z
         line = {"color": colours.get(tower)}
         fig.add_trace(go.Scatter(x=rows["alpha"], y=rows[bias], mode="lines+markers", name=name, line=line,
                                  legendgroup=name), row=1, col=1)
+        if not utility:
+            continue
         error = None
         if f"{utility}_lo" in rows and f"{utility}_hi" in rows:
             error = {"type": "data", "array": rows[f"{utility}_hi"] - rows[utility],
@@ -103,5 +107,5 @@ def plot_alpha_sweep(sweep, bias: str = "maxskew_occupations", utility: str = "z
         fig.add_trace(go.Scatter(x=rows["alpha"], y=rows[utility], error_y=error, mode="lines+markers", name=name,
                                  line=line, legendgroup=name, showlegend=False), row=1, col=2)
     fig.update_xaxes(title_text="α (0 = the unedited model)")
-    fig.update_layout(title=title or "DebiasLens α sweep: bias vs utility", height=450, width=1000)
+    fig.update_layout(title=title or "DebiasLens α sweep: bias vs utility", height=450, width=500 * len(panels))
     return fig
