@@ -250,3 +250,19 @@ def test_extract_command_under_torchrun(reference, tmp_path):
     summary = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert len(summary) == 1 and summary[0]["n"] == w.N and summary[0]["shards"] == 6  # printed by rank 0 only
     assert_same_store(ActivationStore.open(acts), reference)
+
+
+def test_a_finished_store_is_returned_untouched(tmp_path, count_forwards):
+    from workbench.models import load_clip
+
+    acts = tmp_path / "acts"
+    w.extract_once(acts, n=64)
+    before = {p.name: p.stat().st_mtime_ns for p in acts.iterdir()}
+    model = load_clip("synthsocial")
+    from workbench.activations import extract_distributed
+
+    with count_forwards(model) as sizes:
+        store = extract_distributed(model, w.dataset(64), w.SITES, acts, batch_size=w.BATCH, shard_size=w.SHARD,
+                                    progress=False)
+    assert sizes == [] and len(store) == 64  # no forward pass, no file rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in acts.iterdir()} == before

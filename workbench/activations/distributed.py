@@ -246,9 +246,9 @@ def extract_distributed(model, dataset, sites: Union[str, Sequence[str]], cache_
     failures = [(r, f) for r, f in enumerate(outcomes) if f is not None]
 
     if ranks.is_main:  # every rank's progress file is written: merge them into the manifest
-        merge_rank_progress(root, manifest)
-        manifest["updated"] = _now()
-        write_json_atomic(root / MANIFEST, manifest)
+        if merge_rank_progress(root, manifest):  # (a finished store read again is left untouched)
+            manifest["updated"] = _now()
+            write_json_atomic(root / MANIFEST, manifest)
         remove_rank_progress(root)
     ranks.barrier()  # the manifest is complete before any rank opens the store
     _raise_for(failures, own_error, root)
