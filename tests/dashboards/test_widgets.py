@@ -113,6 +113,9 @@ def test_neuron_widgets(model, data, gallery, tmp_path):
     assert "type a latent index, got 'x'" in status(w)
     find(w, "wb-latent-search").value = "9999"
     assert "latent must be an int in 0..511" in status(w)
+    find(w, "wb-gamma").value = float("nan")
+    assert "gamma (the value the latents are set to) must be a finite number, got nan" in status(w)
+    assert find(w, "wb-gamma").value == 0.0 and dash.state.gamma == 0.0  # the control shows the state again
     find(w, "wb-alpha").value = 1.0
     find(w, "wb-export").click()
     spec = InterventionSpec.load(tmp_path / "n.json")

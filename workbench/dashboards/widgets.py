@@ -305,8 +305,21 @@ def build_neuron_widgets(dash):
         state.toggle(current["latent"], on=change["new"])
 
     toggle.observe(on_toggle, names="value")
-    gamma.observe(lambda change: None if dash._loading else state.set_gamma(change["new"]), names="value")
-    alpha.observe(lambda change: None if dash._loading else state.set_alpha(change["new"]), names="value")
+
+    def setter(fn):
+        def handler(change):
+            if dash._loading:
+                return
+            try:
+                fn(change["new"])
+            except ValueError as err:
+                state.message = str(err)
+                dash._sync_controls()
+                refresh_status()
+        return handler
+
+    gamma.observe(setter(state.set_gamma), names="value")
+    alpha.observe(setter(state.set_alpha), names="value")
 
     def list_on(_state=None):
         chosen.value = "latents on: " + (", ".join(map(str, sorted(state.latents))) or "none")
