@@ -32,7 +32,8 @@ def authors(X, y_main, y_second, n_splits=5, seed=42):
     main_scores, second_scores, seq_scores = [], [], []
     for train_index, test_index in kfold.split(X, y_main):
         X_train, X_test = X[train_index], X[test_index]
-        p_main = Pipeline([("scaler", StandardScaler()), ("model", LogisticRegression(max_iter=1000, random_state=seed))])
+        p_main = Pipeline([("scaler", StandardScaler()),
+                           ("model", LogisticRegression(max_iter=1000, random_state=seed))])
         p_main.fit(X_train, y_main[train_index])
         p_second = Pipeline([("scaler", StandardScaler()),
                              ("model", LogisticRegression(max_iter=1000, random_state=seed))])
@@ -42,7 +43,8 @@ def authors(X, y_main, y_second, n_splits=5, seed=42):
         scaler, model = p_main.named_steps["scaler"], p_main.named_steps["model"]
         logits_train = model.decision_function(scaler.transform(X_train))
         logits_test = model.decision_function(scaler.transform(X_test))
-        p_seq = Pipeline([("scaler", StandardScaler()), ("model", LogisticRegression(max_iter=1000, random_state=seed))])
+        p_seq = Pipeline([("scaler", StandardScaler()),
+                          ("model", LogisticRegression(max_iter=1000, random_state=seed))])
         p_seq.fit(logits_train, y_second[train_index])
         seq_scores.append(accuracy_score(y_second[test_index], p_seq.predict(logits_test)))
     return np.array(main_scores), np.array(second_scores), np.array(seq_scores)

@@ -14,7 +14,8 @@ from workbench.saes import load_sae
 
 
 def authors(version, diverse_activations, query_latent, bias_activations_per_class, class_activations_per_query):
-    """The latent arithmetic of SEM.debias_text, transcribed line by line (the CLIP and SAE calls removed):
+    """The latent arithmetic of SEM.debias_text, transcribed line by line (the CLIP and SAE calls removed; the
+    device arguments dropped, long lines kept verbatim):
     diverse_activations [|D|, d]; query_latent [n, d]; bias_activations_per_class: list of [20, d];
     class_activations_per_query: list (one per query) of [n_p, d]. Returns the modulated latents [n, d]."""
     n_diverse = diverse_activations.shape[0]
@@ -38,7 +39,7 @@ def authors(version, diverse_activations, query_latent, bias_activations_per_cla
         latent = torch.cat(median_class_activations, dim=0)
     if version == 'SEM_bi':
         median_class_activations = torch.cat(median_class_activations, dim=0)
-        class_scores = (diverse_activations.unsqueeze(0) < median_class_activations.unsqueeze(1)).sum(dim=1).float() / n_diverse
+        class_scores = (diverse_activations.unsqueeze(0) < median_class_activations.unsqueeze(1)).sum(dim=1).float() / n_diverse  # noqa: E501 (verbatim)
     if version in ['SEM_b', 'SEM_i']:
         class_scores = (diverse_activations.unsqueeze(0) < latent.unsqueeze(1)).sum(dim=1).float() / n_diverse
     if version in ['SEM_b', 'SEM_bi']:
@@ -51,8 +52,8 @@ def authors(version, diverse_activations, query_latent, bias_activations_per_cla
             bc_activations = bias_activations[bc_mask]
             median_bc_activations = bc_activations.median(dim=0, keepdim=True).values
             non_bc_activations = bias_activations[~bc_mask]
-            general_bc_scores = ((diverse_activations.unsqueeze(0) < median_bc_activations.unsqueeze(1)).sum(dim=1).float() / n_diverse).squeeze(0)
-            specific_bc_scores = ((non_bc_activations.unsqueeze(0) < median_bc_activations.unsqueeze(1)).sum(dim=1).float() / non_bc_activations.shape[0]).squeeze(0)
+            general_bc_scores = ((diverse_activations.unsqueeze(0) < median_bc_activations.unsqueeze(1)).sum(dim=1).float() / n_diverse).squeeze(0)  # noqa: E501 (verbatim)
+            specific_bc_scores = ((non_bc_activations.unsqueeze(0) < median_bc_activations.unsqueeze(1)).sum(dim=1).float() / non_bc_activations.shape[0]).squeeze(0)  # noqa: E501 (verbatim)
             bc_scores = torch.minimum(general_bc_scores, specific_bc_scores)
             bias_scores = torch.maximum(bias_scores, bc_scores)
     if version == 'SEM_i':
@@ -104,7 +105,8 @@ def test_formulas_equal_the_authors_code_on_random_latents(seed):
         lo, hi = (0, 1) if version == "SEM_i" else (0, 4)
         assert M.min() >= lo and M.max() <= hi
     # strict <: a value equal to every reference row ranks 0, one above all of them ranks 1
-    assert torch.equal(percentile_rank(torch.ones(5, 3), torch.tensor([[1.0, 2.0, 0.5]])), torch.tensor([[0.0, 1.0, 0.0]]))
+    assert torch.equal(percentile_rank(torch.ones(5, 3), torch.tensor([[1.0, 2.0, 0.5]])),
+                       torch.tensor([[0.0, 1.0, 0.0]]))
     # lower median for even counts (torch.median), the max over classes of min(general, specific)
     assert torch.equal(lower_median(torch.tensor([[1.0], [2.0], [3.0], [4.0]])), torch.tensor([2.0]))
     assert torch.equal(s_b, per_class.max(dim=0).values.clamp(min=0))
@@ -145,8 +147,8 @@ def test_sem_b_and_sem_bi_narrow_the_gender_gap_of_queries(model, prompts, fitte
     similarity to the male and female prompt centroids moves closer together (mean gap over the queries)."""
     queries = prompts.occupations + prompts.stereotypes
     with torch.no_grad():
-        centroids = torch.stack([torch.nn.functional.normalize(model.encode_text(prompts.bias["gender"][c]).mean(0), dim=0)
-                                 for c in ("male", "female")])
+        centroids = torch.stack([torch.nn.functional.normalize(model.encode_text(prompts.bias["gender"][c]).mean(0),
+                                                               dim=0) for c in ("male", "female")])
 
         def gap(t):
             sims = torch.nn.functional.normalize(t, dim=-1) @ centroids.T
