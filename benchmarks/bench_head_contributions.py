@@ -63,7 +63,8 @@ from benchmarks.common import random_clip
 from benchmarks.bench_head_contributions import gandelsman, ours
 torch.set_num_threads({threads})
 native, hooked = random_clip({arch!r}, "cpu", {dtype!r})
-x = torch.randn({batch}, 3, *hooked.visual.cfg.image_size, generator=torch.Generator().manual_seed(0)).to(getattr(torch, {dtype!r}))
+x = torch.randn({batch}, 3, *hooked.visual.cfg.image_size, generator=torch.Generator().manual_seed(0))
+x = x.to(getattr(torch, {dtype!r}))
 del native
 with torch.inference_mode():
     peak = peak_added_mib(lambda: {fn}(hooked, x))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import platform
 import sys
@@ -119,8 +118,9 @@ def run_suite(names, device: str, dtype: str, quick: bool, progress=print) -> di
             for row in result:
                 rows.append({"benchmark": name, **row})
                 met = {True: "met", False: "MISSED", None: "report"}[row["met"]]
-                progress(f"[{name}] {row['case']}: {fmt(row['figure'], row['unit'])} vs {fmt(row['baseline'], row['unit'])}"
-                         f" → ratio {fmt(row['ratio'])} ({row['ratio_means']}); goal {row['goal']}: {met}", flush=True)
+                progress(f"[{name}] {row['case']}: {fmt(row['figure'], row['unit'])} vs "
+                         f"{fmt(row['baseline'], row['unit'])} → ratio {fmt(row['ratio'])} ({row['ratio_means']}); "
+                         f"goal {row['goal']}: {met}", flush=True)
         except Exception:  # noqa: BLE001 (one failing benchmark must not lose the others' figures)
             rows.append({"benchmark": name, "error": traceback.format_exc()})
             progress(f"[{name}] FAILED:\n{traceback.format_exc()}", flush=True)
@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not figures")
     parser.add_argument("--only", default="", help="comma-separated benchmark names (bench_NAME.py), e.g. "
                         "head_contributions,cold_start")
-    parser.add_argument("--out", default=str(HERE), help="folder for README.md and results*.json (default: benchmarks/)")
+    parser.add_argument("--out", default=str(HERE),
+                        help="folder for README.md and results*.json (default: benchmarks/)")
     parser.add_argument("--note", default="", help="a line added under the table")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)

@@ -14,7 +14,8 @@ def test_every_bench_module_is_discovered():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--only", "head_contribution"], r"--only: no benchmark 'head_contribution' \(did you mean 'head_contributions'\?\)"),
+    (["--only", "head_contribution"],
+     r"--only: no benchmark 'head_contribution' \(did you mean 'head_contributions'\?\)"),
     (["--dtype", "float64"], r"--dtype 'float64': choose one of float32, bfloat16, float16"),
 ])
 def test_bad_flags(tmp_path, capsys, argv, message):

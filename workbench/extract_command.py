@@ -39,7 +39,7 @@ def load_data(spec: str, n: Optional[int] = None):
         if split not in SPLITS:
             raise ValueError(f"--data {spec!r}: unknown SynthSocial split {split!r}; choose one of "
                              + ", ".join(f"synthsocial:{s}" for s in SPLITS))
-        if split == "train":  # its first n images do not depend on its size: the same store as SynthSocial("train", n=n)
+        if split == "train":  # its first n images do not depend on its size: as SynthSocial("train", n=n)
             return SynthSocial(split, n=n)
         dataset = SynthSocial(split)  # the test splits are sampled per size: the whole split, then its first n
     else:
@@ -114,8 +114,10 @@ def cmd_extract(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `workbench extract` on the console script's subparsers."""
-    p = sub.add_parser("extract", help="activations of hook sites over a dataset into a store (torchrun: many processes)")
-    p.add_argument("--model", default="synthsocial", help="embedded name or open_clip architecture (default: synthsocial)")
+    p = sub.add_parser("extract", help="activations of hook sites over a dataset into a store (torchrun: many "
+                       "processes)")
+    p.add_argument("--model", default="synthsocial",
+                   help="embedded name or open_clip architecture (default: synthsocial)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
     p.add_argument("--checkpoint", default=None, help="local weights (.safetensors, or .pt read weights-only)")
     p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK per process), cuda:N")
