@@ -68,24 +68,27 @@ def markdown(report: dict) -> str:
         f"Latest full run of `python -m benchmarks{' --quick' if report['quick'] else ''} --device {report['device']} "
         f"--dtype {report['dtype']}` ({report['finished'][:16].replace('T', ' ')} UTC, {report['seconds']:.0f} s): "
         f"{where}, torch {m['torch']}, Python {m['python']}. Load average (1, 5, 15 min) before "
-        f"{report['load_before']}, after {report['load_after']}: the machine was shared, so absolute figures move "
-        "with the load; each ratio compares two sides measured in the same run on the same inputs, interleaved.",
+        f"{report['load_before']}, after {report['load_after']}; the `load` column is the 1-minute load average as "
+        f"each benchmark started (on {m['cpus']} cores, a load above {m['cpus']} means processes waited for a core). "
+        "Absolute figures move with the load; each ratio compares two sides measured in the same run on the same "
+        "inputs, interleaved.",
         "",
         "Each case's `details` in results.json hold the raw repeats and the settings. Re-run: `python -m benchmarks`"
         " (all), `--only NAME` (one module), `--quick` (smoke sizes), `--device cuda --dtype bfloat16`.",
         "",
-        "| benchmark | case | figure | baseline | ratio | goal | met | device | dtype |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| benchmark | case | figure | baseline | ratio | goal | met | device | dtype | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["rows"]:
         if "error" in row:
             lines.append(f"| {row['benchmark']} | failed: {row['error'].splitlines()[-1][:120]} | | | | | ✗ | "
-                         f"{report['device']} | {report['dtype']} |")
+                         f"{report['device']} | {report['dtype']} | {fmt(row.get('load'))} |")
             continue
         met = {True: "✓", False: "✗", None: "report"}[row["met"]]
         lines.append(f"| {row['benchmark']} | {row['case']} | {fmt(row['figure'], row['unit'])} | "
                      f"{fmt(row['baseline'], row['unit'])} ({row['baseline_name']}) | {fmt(row['ratio'])} "
-                     f"({row['ratio_means']}) | {row['goal']} | {met} | {row['device']} | {row['dtype']} |")
+                     f"({row['ratio_means']}) | {row['goal']} | {met} | {row['device']} | {row['dtype']} | "
+                     f"{fmt(row.get('load'))} |")
     if report.get("note"):
         lines += ["", report["note"]]
     return "\n".join(lines) + "\n"
@@ -107,7 +110,8 @@ def run_suite(names, device: str, dtype: str, quick: bool, progress=print) -> di
     rows = []
     started, t0, load_before = datetime.now(timezone.utc), time.perf_counter(), load_average()
     for name in names or list(modules):
-        progress(f"[{name}] running …", flush=True)
+        load = load_average()[:1]  # the 1-minute load average as this benchmark starts
+        progress(f"[{name}] running … (load average {load})", flush=True)
         t = time.perf_counter()
         try:
             module = importlib.import_module(modules[name])
@@ -116,13 +120,13 @@ def run_suite(names, device: str, dtype: str, quick: bool, progress=print) -> di
                 continue
             result = module.run(device=device, dtype=dtype, quick=quick)
             for row in result:
-                rows.append({"benchmark": name, **row})
+                rows.append({"benchmark": name, "load": load[0] if load else None, **row})
                 met = {True: "met", False: "MISSED", None: "report"}[row["met"]]
                 progress(f"[{name}] {row['case']}: {fmt(row['figure'], row['unit'])} vs "
                          f"{fmt(row['baseline'], row['unit'])} → ratio {fmt(row['ratio'])} ({row['ratio_means']}); "
                          f"goal {row['goal']}: {met}", flush=True)
         except Exception:  # noqa: BLE001 (one failing benchmark must not lose the others' figures)
-            rows.append({"benchmark": name, "error": traceback.format_exc()})
+            rows.append({"benchmark": name, "load": load[0] if load else None, "error": traceback.format_exc()})
             progress(f"[{name}] FAILED:\n{traceback.format_exc()}", flush=True)
         progress(f"[{name}] {time.perf_counter() - t:.0f} s", flush=True)
     return {"device": device, "dtype": dtype, "quick": quick, "only": list(names), "started": started.isoformat(),

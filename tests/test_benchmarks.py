@@ -38,10 +38,12 @@ def test_table_row():
     report = {"device": "cpu", "dtype": "float32", "quick": False, "finished": "2026-01-01T10:00:00", "seconds": 3.0,
               "load_before": [1.0, 1.0, 1.0], "load_after": [2.0, 1.5, 1.0], "note": "",
               "machine": {"cpus": 2, "torch_threads": 2, "torch": "2.x", "python": "3.11"},
-              "rows": [{"benchmark": "demo", **row}, {"benchmark": "broken", "error": "Traceback…\nValueError: bad"}]}
+              "rows": [{"benchmark": "demo", "load": 1.5, **row},
+                       {"benchmark": "broken", "load": 2.0, "error": "Traceback…\nValueError: bad"}]}
     table = markdown(report)
-    assert "| demo | x vs y | 2 ms | 10 ms (y) | 5 (baseline / figure (speed-up)) | ≥ 5× | ✓ | cpu | float32 |" in table
-    assert "| broken | failed: ValueError: bad |" in table
+    assert ("| demo | x vs y | 2 ms | 10 ms (y) | 5 (baseline / figure (speed-up)) | ≥ 5× | ✓ | cpu | float32 | 1.5 |"
+            in table)
+    assert "| broken | failed: ValueError: bad | | | | | ✗ | cpu | float32 | 2 |" in table
     assert "before [1.0, 1.0, 1.0], after [2.0, 1.5, 1.0]" in table
 
 
