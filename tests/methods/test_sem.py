@@ -218,3 +218,18 @@ def test_errors(model, prompts, fitted, tmp_path):
     in_memory = SEM.fit(model, fitted.sae, prompts)
     with pytest.raises(ValueError, match="the spec must name the SAE's folder"):
         in_memory.to_spec("sem_b")
+
+
+def test_figures(fitted):
+    from workbench.viz.sem import plot_modulation_histogram, plot_sem_scores
+
+    table = fitted.query_table(["a photo of a nurse", "a photo of a chef"], "sem_bi")
+    fig = plot_sem_scores(table, "a photo of a nurse")
+    rows = table[table["query"] == "a photo of a nurse"]
+    assert len(fig.data[0].x) == 512 and list(fig.data[0].marker.color) == rows["M"].tolist()
+    with pytest.raises(ValueError, match="the table has no rows for query 'a photo of a pilot'"):
+        plot_sem_scores(table, "a photo of a pilot")
+    hist = plot_modulation_histogram({"sem_bi": table})
+    assert hist.data[0].name == "sem_bi" and len(hist.data[0].x) == 2 * 512
+    with pytest.raises(ValueError, match="needs at least one"):
+        plot_modulation_histogram({})
