@@ -1,5 +1,5 @@
 """Shared fixtures: the shipped model, a small balanced gallery (256 images), its cache and an expert-heads
-finding over every layer, built once per module."""
+finding over every layer, built once per session (the tests build their own states on them)."""
 import pytest
 import torch
 
@@ -9,32 +9,32 @@ from workbench.data import SynthSocial
 N_IMAGES = 256  # 4 images per occupation × gender × ethnicity cell
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def model():
     torch.set_num_threads(2)
     return load_clip("synthsocial")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data():
     return SynthSocial("test_balanced", n=N_IMAGES)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gallery(model, data):
     from workbench.dashboards import Gallery
 
     return Gallery.capture(model, data, batch_size=128, progress=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def protocol(model, gallery):
     from workbench.dashboards import LiveProtocol
 
     return LiveProtocol(model, gallery, attribute="gender")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finding(model, data):
     from workbench.methods.expert_heads import find_expert_heads
 

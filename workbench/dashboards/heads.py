@@ -212,7 +212,8 @@ class HeadState(DashboardState):
         other = [e for e in spec.edits if not (e.target == "head" and e.tower == "image" and e.position == "pooled")]
         if other:
             raise ValueError(f"the HeadDashboard restores head edits at the pooled token of the image tower; this spec "
-                             f"has {len(other)} other edit(s) (first: a {other[0].target} edit, {other[0]!r}): use NeuronDashboard for SAE "
+                             f"has {len(other)} other edit(s) (first: a {other[0].target} edit, {other[0]!r}): "
+                             "use NeuronDashboard for SAE "
                              "latents, or apply(model, spec) for the rest")
         if not spec.edits:
             raise ValueError("the spec has no edits")

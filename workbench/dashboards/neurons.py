@@ -44,7 +44,8 @@ class NeuronState(DashboardState):
                 raise TypeError(f"sae must be a sae_lens SAE (load_sae(...)), got {type(sae).__name__}")
         site = site or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
         if not site:
-            raise ValueError("the SAE records no site (cfg.metadata.hook_name); pass site=... (e.g. 'hook_image_embed')")
+            raise ValueError("the SAE records no site (cfg.metadata.hook_name); pass site=... "
+                             "(e.g. 'hook_image_embed')")
         if site not in model.hook_dict:
             raise ValueError(f"the SAE's site {site!r} is not a hook point of this model")
         if hook_tower(site) != "image":
@@ -78,7 +79,8 @@ class NeuronState(DashboardState):
     def __repr__(self) -> str:
         on = ", ".join(map(str, self.latents)) or "none"
         return (f"NeuronState(site={self.site!r}, latents on: {on}; γ={self.gamma:g}, α={self.alpha:g}; "
-                f"path={self.path}; {self.protocol.attribute}_ndkl={self.metrics[f'{self.protocol.attribute}_ndkl']:.4f})")
+                f"path={self.path}; {self.protocol.attribute}_ndkl="
+                f"{self.metrics[f'{self.protocol.attribute}_ndkl']:.4f})")
 
     @staticmethod
     def _tail_input(tail, site: str) -> Tensor:

@@ -85,7 +85,8 @@ def plot_method_comparison(table, metrics: Sequence[str], baseline: str = "basel
 
     missing = [c for c in ("method", "variant", "metric", "value", "lo", "hi") if c not in table.columns]
     if missing:
-        raise ValueError(f"the comparison table needs columns method, variant, metric, value, lo, hi; missing {missing}")
+        raise ValueError("the comparison table needs columns method, variant, metric, value, lo, hi; "
+                         f"missing {missing}")
     present = set(table["metric"])
     metrics = [m for m in metrics if m in present]
     if not metrics:
