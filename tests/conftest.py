@@ -12,3 +12,17 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`workbench demo` run once per test session (its outputs are checked by tests/golden and tests/browser):
+    (output folder, summary dict)."""
+    import json
+
+    from workbench.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    return out, json.loads((out / "summary.json").read_text())
+

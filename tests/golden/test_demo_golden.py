@@ -3,7 +3,6 @@ the exported prototypes, and the metrics before and after the intervention. The 
 gender NDKL by the frozen amount, so an intervention that does nothing fails here.
 
 Regenerate with `python3 tests/golden/regenerate.py` only when a change is meant to move the values."""
-import json
 
 import pytest
 
@@ -14,7 +13,6 @@ from tests.golden.golden import (
     load_demo,
     load_demo_prototypes,
 )
-from workbench.cli import main
 from workbench.models import load_clip
 
 pytestmark = pytest.mark.slow
@@ -28,10 +26,8 @@ def golden():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, golden):
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out)]) == 0
-    return out, json.loads((out / "summary.json").read_text())
+def run(demo_run, golden):
+    return demo_run
 
 
 def test_demo_writes_its_outputs(run):
