@@ -48,7 +48,10 @@ def test_specs_for_exportable_variants_only(comparison):
     assert comparison.specs["sem_i"] is None and comparison.specs["sem_bi"] is None  # API calls (paraphrases)
     for name in ("sem_b", "orth_proj", "orth_cali"):
         assert isinstance(comparison.specs[name], InterventionSpec)
-    assert comparison.specs["orth_proj"].provenance["method"] == "projection"
+    from workbench.methods import get_method, method_for_spec
+
+    for name in ("sem_b", "orth_proj", "orth_cali"):  # each spec names a registered method
+        assert method_for_spec(comparison.specs[name]) is get_method("sem" if name == "sem_b" else name)
 
 
 def test_the_spurious_gallery_sees_the_text_methods_refitted_for_its_label(comparison, model, data):

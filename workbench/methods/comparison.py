@@ -122,9 +122,8 @@ def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, a
         found = projection_variants(model, prompts, attribute)
         other = (projection_variants(model, prompts, spurious_attribute, classes=spurious_classes)
                  if spurious is not None else None)
-        add("projection", {k: _spec(model, k, v, "projection", attribute) for k, v in found.items()},
-            None if other is None else {k: _spec(model, k, v, "projection", spurious_attribute)
-                                        for k, v in other.items()})
+        add("projection", {k: _spec(model, k, v, attribute) for k, v in found.items()},
+            None if other is None else {k: _spec(model, k, v, spurious_attribute) for k, v in other.items()})
         seconds["projection"] = time.perf_counter() - start
     if "debiaslens" in methods:
         from workbench.methods.debiaslens import debiaslens_variants, find_social_neurons
@@ -179,10 +178,11 @@ def _is_spec(v) -> bool:
                                                and all(isinstance(x, InterventionSpec) for x in v))
 
 
-def _spec(model, name: str, edits, method: str, attribute: str):
+def _spec(model, name: str, edits, attribute: str):
+    """A projection baseline's spec; its method is the registered name ("orth_proj", "orth_cali")."""
     from workbench.primitives import InterventionSpec
 
-    return InterventionSpec.from_edits(model, edits, method=method, attribute=attribute, variant=name)
+    return InterventionSpec.from_edits(model, edits, method=name, attribute=attribute, variant=name)
 
 
 def _labels(dataset) -> dict:
