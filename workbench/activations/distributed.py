@@ -209,7 +209,7 @@ def extract_distributed(model, dataset, sites: Union[str, Sequence[str]], cache_
     header = _header(model, source, dtype_str, position, batch_size)
     _check_same_request(ranks, {"model": header["model"]["fingerprint"], "dataset": header["dataset"],
                                 "sites": sites, "dtype": dtype_str, "position": position, "shard_size": shard_size,
-                                "cache_dir": str(Path(cache_dir).resolve())})
+                                "cache_dir": str(cache_dir)})  # as given: machines may mount it differently
     root = Path(cache_dir)
 
     setup: dict = {}
