@@ -238,28 +238,26 @@ def _sweep_name(tag: str, a: float, alpha: float) -> str:
     return "baseline" if a == 0 else f"debiaslens_{tag}" if a == alpha else f"debiaslens_{tag}_a{a:g}"
 
 
-def _sweep_table(result, groups, alphas, alpha, tags):
+def _sweep_table(metrics: dict, intervals: dict, groups, alphas, alpha, tags):
     """One row per (tower tag, α): bias (mean MaxSkew over groups, occupations and stereotypes; uniform and prior
-    targets), zero-shot and worst-group accuracy and mAP with intervals; α = 0 is the baseline."""
+    targets), zero-shot and worst-group accuracy and mAP with intervals; α = 0 is the baseline. `metrics` /
+    `intervals`: {variant: {metric: value / [lo, hi]}}."""
     import pandas as pd
 
-    table = result.table.set_index(["variant", "metric"])
     rows = []
     for tower in tags:
         for a in alphas:
             name = _sweep_name(tower, a, alpha)
-            if name not in result.variants:
+            if name not in metrics:
                 continue
-            metrics = dict(zip(table.loc[name].index, table.loc[name]["value"]))
             row = {"tower": tower, "alpha": a, "variant": name}
             for s in BIAS_SETS:
-                row[f"maxskew_{s}"] = bias_score(metrics, groups, s)
-                row[f"maxskew_prior_{s}"] = bias_score(metrics, groups, s, prior=True)
+                row[f"maxskew_{s}"] = bias_score(metrics[name], groups, s)
+                row[f"maxskew_prior_{s}"] = bias_score(metrics[name], groups, s, prior=True)
             for m in ("zero_shot_accuracy", "worst_group_accuracy", "map"):
-                if m in metrics:
-                    row[m] = metrics[m]
-                    row[f"{m}_lo"], row[f"{m}_hi"] = (float(table.loc[(name, m), "lo"]),
-                                                      float(table.loc[(name, m), "hi"]))
+                if m in metrics[name]:
+                    row[m] = metrics[name][m]
+                    row[f"{m}_lo"], row[f"{m}_hi"] = intervals[name][m]
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -400,7 +398,7 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
     # controls: the same SAE and α with no latent silenced (the reconstruction error alone)
     controls = {f"control_recon_{TOWER_TAGS[t]}": reconstruction_control(model, n, alpha=alpha)
                 for t, n in found.items()}
-    evaluated = {**variants, **controls, **sweep}
+    main_variants = {**variants, **controls}
     lap("find")
 
     from workbench.data import prompt_sets
@@ -413,26 +411,43 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
     if queries is not None:
         eval_kwargs["queries"] = queries
     # SynthSocial renders images on demand: render each gallery once (`tensors()`), not once per variant
-    result = evaluate_variants(model, _in_memory(gallery), evaluated, target=target, groups=groups, n_boot=n_boot,
-                               seed=seed, batch_size=batch_size, progress=progress,
-                               label_names=getattr(gallery, "label_names", None), **eval_kwargs)
+    images = _in_memory(gallery)
+    names_of = getattr(gallery, "label_names", None)
+    # the main variants and the controls: every metric; test_spurious's worst-group accuracy joined in
+    result = evaluate_variants(model, images, main_variants, target=target, groups=groups, n_boot=n_boot, seed=seed,
+                               batch_size=batch_size, progress=progress, label_names=names_of, **eval_kwargs)
     if spurious is not None:
-        worst = evaluate_variants(model, _in_memory(spurious), evaluated, target="target", groups=(),
+        worst = evaluate_variants(model, _in_memory(spurious), main_variants, target="target", groups=(),
                                   worst_group="spurious", word_lists={}, captions=False, n_boot=n_boot, seed=seed,
                                   batch_size=batch_size, progress=progress, label_names=spurious.label_names)
         result = result.join(worst, metrics=["worst_group_accuracy"])
+    # the rest of the α sweep: bias and utility only (no caption retrieval or word lists: the text-side variants
+    # would re-encode every caption), on the same gallery, queries and bootstrap seed
+    swept = None
+    if sweep:
+        swept = evaluate_variants(model, images, sweep, target=target, groups=groups, n_boot=n_boot, seed=seed,
+                                  batch_size=batch_size, progress=progress, label_names=names_of, captions=False,
+                                  **{**eval_kwargs, "word_lists": {}})
     lap("evaluate")
 
     specs_dir = out / "specs"
     specs_dir.mkdir(exist_ok=True)
-    spec_paths = {name: _save_spec(specs_dir, name, v) for name, v in evaluated.items()}
+    spec_paths = {name: _save_spec(specs_dir, name, v) for name, v in {**main_variants, **sweep}.items()}
     title = f"DebiasLens ({', '.join(towers)}; {attribute}) on {data}"
     metrics, intervals = write_tables(out, result, title, note=f"τ = {tau:g}, top_n = {top_n}, α = {alpha:g}, "
-                                      f"γ = {gamma:g}; debiaslens_*_aA is the α sweep.")
+                                      f"γ = {gamma:g}; control_recon_*: the same SAE and α with no latent silenced. "
+                                      "The rest of the α sweep: alpha_sweep.csv.")
+    sweep_metrics, sweep_intervals = {}, {}
+    if swept is not None:
+        t = swept.table
+        sweep_metrics = {v: dict(zip(g["metric"], g["value"])) for v, g in t.groupby("variant", sort=False)}
+        sweep_intervals = {v: {m: [lo, hi] for m, lo, hi in zip(g["metric"], g["lo"], g["hi"])}
+                           for v, g in t.groupby("variant", sort=False)}
     for t, neurons in found.items():
         write_text_atomic(out / f"neurons_{t}.csv", neurons.table.to_csv(index=False, float_format="%.6g"))
     tags = [tag for tag in ("i", "t", "it") if f"debiaslens_{tag}" in variants]
-    sweep_frame = _sweep_table(result, groups, alphas, alpha, tags)
+    sweep_frame = _sweep_table({**sweep_metrics, **metrics}, {**sweep_intervals, **intervals}, groups, alphas, alpha,
+                               tags)
     write_text_atomic(out / "alpha_sweep.csv", sweep_frame.to_csv(index=False, float_format="%.6g"))
 
     figures = out / "figures"
@@ -454,10 +469,12 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
     lap("write")
     baseline = metrics["baseline"]
     names = [v for v in result.variants if v != "baseline"]
-    candidates = {v: metrics[v] for v in names
-                  if v.startswith("debiaslens_") and bias_score(metrics[v], groups) is not None
-                  and ("zero_shot_accuracy" not in metrics[v] or baseline["zero_shot_accuracy"]
-                       - metrics[v]["zero_shot_accuracy"] <= BEST_ZERO_SHOT_DROP + 1e-12)}
+    sweep_names = [v for v in sweep_metrics if v != "baseline"]
+    every = {**sweep_metrics, **metrics}
+    candidates = {v: every[v] for v in [*names, *sweep_names]
+                  if v.startswith("debiaslens_") and bias_score(every[v], groups) is not None
+                  and ("zero_shot_accuracy" not in every[v] or baseline["zero_shot_accuracy"]
+                       - every[v]["zero_shot_accuracy"] <= BEST_ZERO_SHOT_DROP + 1e-12)}
     best = min(candidates, key=lambda v: bias_score(candidates[v], groups), default=None)
     if best is not None and bias_score(candidates[best], groups) >= (bias_score(baseline, groups) or 0.0):
         best = None  # nothing lowers bias within the utility budget
@@ -467,11 +484,14 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
         "timings": timings,
         "baseline": baseline,
         "variants": [{"name": v, "metrics": metrics[v], "intervals": intervals[v], "spec": spec_paths.get(v),
-                      "path": result.paths.get(v)} for v in names],
+                      "path": result.paths.get(v)} for v in names]
+        + [{"name": v, "metrics": sweep_metrics[v], "intervals": sweep_intervals[v], "spec": spec_paths.get(v),
+            "path": swept.paths.get(v), "sweep": True} for v in sweep_names],
         "best": best,
         "target": {f"debiaslens_{tag}": _target(result, baseline, metrics, groups, f"debiaslens_{tag}",
                                                 f"control_recon_{tag}") for tag in tags},
-        "alpha_sweep": sweep_frame.to_dict("records"),
+        "alpha_sweep": [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()}  # NaN → null
+                        for r in sweep_frame.to_dict("records")],
         "settings": {"tower": tower, "tau": tau, "top_n": top_n, "alpha": alpha, "alphas": alphas, "gamma": gamma,
                      "groups": list(groups), "attributes": list(attributes), "sae_steps": sae_steps, "seed": seed,
                      "n_boot": n_boot},
@@ -505,8 +525,10 @@ def cmd_debiaslens(args) -> int:
     for name, t in summary["target"].items():
         if t is None:
             continue
+        control = t["maxskew_occupations_control"]
         lines.append(f"{name}: mean MaxSkew {t['maxskew_occupations_before']:.4f} → "
-                     f"{t['maxskew_occupations_after']:.4f} (control {t['maxskew_occupations_control']:.4f})"
+                     f"{t['maxskew_occupations_after']:.4f}"
+                     + ("" if control is None else f" (reconstruction-only control {control:.4f})")
                      + ("" if t["zero_shot_drop"] is None else f", zero-shot {-100 * t['zero_shot_drop']:+.1f} pts")
                      + f", target {'met' if t['holds'] else 'not met'}")
     union = {t: n["union"] for t, n in summary["neurons"].items()}
