@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 CHROMIUM_CANDIDATES = ("/usr/lib/chromium/chromium", "/usr/bin/chromium", "/usr/bin/chromium-browser")
-INSTALL_HINT = ("install them with: apt-get install -y --no-install-recommends chromium && "
+INSTALL_HINT = ("install what is missing with: apt-get install -y --no-install-recommends chromium && "
                 "python3 -m pip install -e '.[test]' (playwright; never `playwright install`)")
 
 
@@ -44,8 +44,10 @@ def browser_unavailable() -> Optional[str]:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "playwright is not installed; " + INSTALL_HINT
+    if os.environ.get("WB_CHROMIUM") and chromium_path() is None:
+        return f"$WB_CHROMIUM={os.environ['WB_CHROMIUM']!r} is not a file; point it at a Chromium binary or unset it"
     if chromium_path() is None:
-        return f"no Chromium binary ({', '.join(CHROMIUM_CANDIDATES)} or $WB_CHROMIUM); " + INSTALL_HINT
+        return f"no Chromium binary (looked for {', '.join(CHROMIUM_CANDIDATES)}); " + INSTALL_HINT
     return None
 
 
