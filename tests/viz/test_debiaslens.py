@@ -32,6 +32,12 @@ def test_social_neurons_figure_shows_images_and_group_means(neurons):
     assert "latent 1 (selected for gender/male)" in titles and "latent 4 (selected for gender/female)" in titles
 
 
+def test_the_result_plots_itself_without_examples(neurons):
+    fig = neurons.plot()
+    assert [list(t.y) for t in fig.data if t.type == "bar"] == [pytest.approx([2.0, 0.0]), pytest.approx([0.0, 3.0])]
+    assert "(no inputs)" in [a.text for a in fig.layout.annotations]
+
+
 def test_social_neurons_figure_lists_prompts_for_the_text_side(neurons):
     fig = plot_social_neurons(neurons, {1: ["a photo of a man", "a man"], 4: ["a woman"]})
     texts = [a.text for a in fig.layout.annotations]

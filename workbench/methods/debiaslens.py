@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -121,7 +121,6 @@ class SocialNeurons:
     top_n: int = 1
     pooling: str = "mean over tokens"
     data: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def attributes(self) -> list[str]:
@@ -165,6 +164,13 @@ class SocialNeurons:
             return pd.DataFrame(columns=["latent", "rank", "index", "value"])
         return LatentStats(self.acts).top_k(k, latents=latents)
 
+    def plot(self, examples: Optional[Mapping[int, Sequence]] = None, title: Optional[str] = None):
+        """`workbench.viz.debiaslens.plot_social_neurons`: each selected latent's mean activation by group, beside
+        its top inputs when `examples` gives them ({latent: images [3, h, w] or prompts})."""
+        from workbench.viz.debiaslens import plot_social_neurons
+
+        return plot_social_neurons(self, examples or {}, title=title)
+
     def summary(self) -> dict:
         """JSON-ready: site, tower, τ, top_n, pooling, sizes, and per attribute and group |E_g|, |N_g| and the
         selected latents."""
@@ -184,7 +190,7 @@ class SocialNeurons:
         return {"site": self.site, "tower": self.tower, "sae": self.sae_path, "tau": self.tau, "top_n": self.top_n,
                 "pooling": self.pooling, "n_inputs": int(self.acts.shape[0]), "d_sae": int(self.acts.shape[1]),
                 "data": self.data, "groups": groups, "selected": {a: list(v) for a, v in self.selected.items()},
-                "union": self.latents(), **self.extra}
+                "union": self.latents()}
 
     def __repr__(self) -> str:
         found = "; ".join(f"{a}: {self.selected[a] or 'none'}" for a in self.attributes)
