@@ -5,10 +5,12 @@ with the fairness metrics, write a report.
     run_ntide_command("runs/ff", model_name="ViT-B-32", pretrained="openai", data="fairface:/data/fairface")
 
 Data (docs/ntide.md):
-- "synthsocial": train on SynthSocial `train` (the first `n_train` images, default 8,000), score on
+- "synthsocial": train on SynthSocial `train` (the first `n_train` images, default 2,000), score on
   `test_balanced` (2,048 images, every occupation × gender × ethnicity cell equal). Default task: target
   occupation, group gender — `train` ties gender to occupation (P(female | occupation) 0.9 or 0.1), so a model
-  that leans on gender to recognise an occupation shows gaps on the balanced test split.
+  that leans on gender to recognise an occupation shows gaps on the balanced test split. Students train 2 epochs
+  there: a from-scratch CNN learns the occupation cues themselves perfectly by epoch 3 (no gap left to close);
+  after 2 epochs the gap is measurable (docs/ntide.md, "Result on SynthSocial").
 - "fairface:DIR": train on FairFace `train`, score on `val`; "utkface:DIR": two seeded halves. Default task:
   target gender, group ethnicity (the reference's default).
 
@@ -25,7 +27,8 @@ from typing import Optional
 __all__ = ["run_ntide_command", "pick_best", "add_parser", "DATA_KINDS", "N_TRAIN_SYNTH"]
 
 DATA_KINDS = ("synthsocial", "fairface", "utkface")
-N_TRAIN_SYNTH = 8000
+N_TRAIN_SYNTH = 2000
+STUDENT_EPOCHS_SYNTH = 2  # a from-scratch CNN learns SynthSocial's occupation cues perfectly by epoch 3 (docs/ntide.md)
 DEFAULT_TASK = {"synthsocial": ("occupation", "gender"), "fairface": ("gender", "ethnicity"),
                 "utkface": ("gender", "ethnicity")}
 BEST_ACCURACY_DROP = 0.02
@@ -130,8 +133,8 @@ def _figures(out: Path, result, group_names, seed: int) -> None:
     write_figure(figures, "features_tsne", plot_feature_maps(shown, group, group_names, method="tsne",
                                                              max_points=500, seed=seed))
     write_figure(figures, "training_curves", plot_training_curves({n: r.history for n, r in result.rows.items()}))
-    write_figure(figures, "metrics", plot_metric_bars(result.table, list(METRICS), baseline=BASELINE,
-                                                      title="N-TIDE rows vs the student-only baseline (95 % intervals)"))
+    title = "N-TIDE rows vs the student-only baseline (95 % intervals)"
+    write_figure(figures, "metrics", plot_metric_bars(result.table, list(METRICS), baseline=BASELINE, title=title))
 
 
 def run_ntide_command(out_dir, *, model=None, model_name: str = "synthsocial", pretrained: Optional[str] = None,
@@ -164,6 +167,8 @@ def run_ntide_command(out_dir, *, model=None, model_name: str = "synthsocial", p
     target = target or DEFAULT_TASK[kind][0]
     group = group or DEFAULT_TASK[kind][1]
     seed = config.get("seed", 0)
+    if config.get("student_epochs") is None:
+        config["student_epochs"] = STUDENT_EPOCHS_SYNTH if kind == "synthsocial" else NTIDEConfig.student_epochs
     cfg = NTIDEConfig(target=target, group=group, **config)  # checks the settings before any loading
     if cfg.backbone_weights is not None and not Path(cfg.backbone_weights).is_file():
         raise FileNotFoundError(f"--backbone-weights: no file {cfg.backbone_weights!r}")
@@ -171,16 +176,18 @@ def run_ntide_command(out_dir, *, model=None, model_name: str = "synthsocial", p
         from workbench.models import load_clip
 
         model = load_clip(model_name, pretrained=pretrained, checkpoint=checkpoint, device=device)
-    train_ds, test_ds, description = _datasets(kind, folder, seed, n_train, n_test)
+    train_ds, test_ds, split = _datasets(kind, folder, seed, n_train, n_test)
     keys = set(train_ds[0][1])
     for flag, key in (("--target", target), ("--group", group)):
         if key not in keys:
             raise ValueError(f"the {kind} data has no label {key!r}; choose {flag} from {sorted(keys)}")
     lap("load")
+    train_name, test_name = ("train", "test_balanced") if kind == "synthsocial" else \
+        (("train", "val") if kind == "fairface" else ("first half", "second half"))
     train = prepare_split(model, train_ds, (target, group), image_size=cfg.image_size, batch_size=batch_size,
-                          progress=progress, description=f"{data} train ({len(train_ds)})")
+                          progress=progress, description=f"{data} {train_name} ({len(train_ds)} images)")
     test = prepare_split(model, test_ds, (target, group), image_size=cfg.image_size, batch_size=batch_size,
-                         progress=progress, description=f"{data} test ({len(test_ds)})")
+                         progress=progress, description=f"{data} {test_name} ({len(test_ds)} images)")
     lap("features")
     result = run_ntide(model, train, test, cfg, folder=out / "checkpoints", resume=resume, keep=keep,
                        progress=progress, amp=amp)
@@ -221,7 +228,7 @@ def run_ntide_command(out_dir, *, model=None, model_name: str = "synthsocial", p
         "finding": _finding(metrics, result.table),
         "baseline_checkpoint": checkpoint_of(BASELINE),
         "task": result.task, "config": cfg.to_dict(),
-        "train": train.description, "test": test.description, "device": str(model.device),
+        "split": split, "train": train.description, "test": test.description, "device": str(model.device),
         "history": {n: r.history for n, r in result.rows.items() if r.history},
         "torch_threads": torch.get_num_threads(),
     }
@@ -273,7 +280,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lambda-t", default="1", help="inversion weight(s) λ_t, comma-separated to sweep (default 1)")
     p.add_argument("--lambda-s", default="1", help="distillation weight(s) λ_s, comma-separated to sweep (default 1)")
     p.add_argument("--teacher-epochs", type=int, default=10)
-    p.add_argument("--student-epochs", type=int, default=8)
+    p.add_argument("--student-epochs", type=int, default=None,
+                   help=f"default: {STUDENT_EPOCHS_SYNTH} on synthsocial (docs/ntide.md), 8 on real data")
     p.add_argument("--backbone", choices=BACKBONES, default="small_cnn", help="student backbone (trained from "
                    "scratch unless --backbone-weights)")
     p.add_argument("--backbone-weights", default=None, help="local backbone weights (.safetensors or a torch "

@@ -206,7 +206,7 @@ def _probe_row(train: Split, test: Split, task: dict, cfg: NTIDEConfig) -> Row:
     """CLIP image features + a multinomial linear probe (no text): `workbench.probes.LinearProbes`."""
     from workbench.probes import LinearProbes
 
-    probes = LinearProbes(n_classes=task["n_classes"], seed=cfg.seed)
+    probes = LinearProbes(n_classes=task["n_classes"], max_iter=500, seed=cfg.seed)
     probes.fit(train.clip[:, None, :], train.labels[cfg.target])
     logits = torch.as_tensor(probes.decision_function(test.clip[:, None, :]))[:, 0]  # [n, C] (one unit)
     if logits.ndim == 1 or logits.shape[-1] == 1:  # binary: the logit of class 1
@@ -271,7 +271,8 @@ def _score(row: Row, y: np.ndarray, g: np.ndarray, task: dict, undefined: str, i
 
 def evaluate_rows(rows: dict, labels: dict, task: dict, cfg: NTIDEConfig, progress: bool = False):
     """The tidy metric table of every row on the test split: value, 95 % interval (normal approximation from
-    `n_boot` bootstrap resamples of the test images: value ± 1.96 · their standard deviation), and the paired
+    `n_boot` bootstrap resamples of the test images: value ± 1.96 · their standard deviation, truncated to the
+    metric's range), and the paired
     bootstrap difference to the student baseline (same resamples) with its interval and whether it excludes 0.
     Resamples whose (class, group) cells come out empty are redrawn."""
     import pandas as pd
@@ -300,9 +301,10 @@ def evaluate_rows(rows: dict, labels: dict, task: dict, cfg: NTIDEConfig, progre
         for metric in METRICS:
             value = float(point[name][metric])
             rec = {"variant": name, "metric": metric, "value": value, "lo": value, "hi": value}
-            if cfg.n_boot >= 2:
+            if cfg.n_boot >= 2:  # truncated to the metric's range [0, 1] (RBD: [0, 2])
                 sd = float(np.std([b[metric] for b in boots[name]], ddof=1))
-                rec["lo"], rec["hi"] = value - 1.96 * sd, value + 1.96 * sd
+                top = 2.0 if metric == "rbd" else 1.0
+                rec["lo"], rec["hi"] = max(0.0, value - 1.96 * sd), min(top, value + 1.96 * sd)
             if BASELINE in point:
                 diff = value - float(point[BASELINE][metric])
                 rec["diff"], rec["diff_lo"], rec["diff_hi"] = diff, diff, diff
