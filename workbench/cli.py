@@ -71,7 +71,9 @@ def cmd_train_toy(args) -> int:
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
-    run_demo(out_dir=args.out, quick=args.quick, with_ntide=args.with_ntide, progress=not args.quiet)
+    run_demo(out_dir=args.out, quick=args.quick, with_ntide=args.with_ntide, progress=not args.quiet,
+             model_name=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device,
+             data=args.data)
     return 0
 
 
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "a figure (checked to be writable before any work)")
     p.add_argument("--quick", action="store_true", help="fewer images (for smoke tests)")
     p.add_argument("--with-ntide", action="store_true", help="also train and score N-TIDE (a few minutes more)")
+    _model_args(p)
+    p.add_argument("--data", default="synthsocial", help="synthsocial | fairface:DIR | utkface:DIR | sispi:DIR | "
+                   "celeba:DIR (a local folder, split in a reference and a gallery half)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 

@@ -21,6 +21,7 @@ import torch
 TOP_HEADS = 3
 GROUPS = ("gender", "ethnicity")
 BEST_ZERO_SHOT_DROP = 0.02  # the best variant may cost at most 2 points of zero-shot accuracy
+SAE_STEPS = 300  # SEM's SAE, trained here for a model without shipped SAEs (steps × 256 prompts)
 
 
 def _print_metrics(columns: dict) -> None:
@@ -31,11 +32,13 @@ def _print_metrics(columns: dict) -> None:
 
 
 def _best(result, attribute: str = "gender") -> Optional[str]:
-    """Lowest `{attribute}_maxskew_occupations` among variants whose zero-shot accuracy drops ≤ 2 points."""
+    """Lowest `{attribute}_maxskew_occupations` among variants whose zero-shot accuracy (where the gallery has a
+    target label) drops ≤ 2 points."""
     key = f"{attribute}_maxskew_occupations"
-    base_zs = result.value("baseline", "zero_shot_accuracy")
-    ok = [v for v in result.variants if v != "baseline"
-          and base_zs - result.value(v, "zero_shot_accuracy") <= BEST_ZERO_SHOT_DROP + 1e-12]
+    ok = [v for v in result.variants if v != "baseline"]
+    if "zero_shot_accuracy" in result.metrics:  # a gallery without a target label has no utility to keep
+        base_zs = result.value("baseline", "zero_shot_accuracy")
+        ok = [v for v in ok if base_zs - result.value(v, "zero_shot_accuracy") <= BEST_ZERO_SHOT_DROP + 1e-12]
     return min(ok, key=lambda v: result.value(v, key), default=None)
 
 
@@ -59,31 +62,119 @@ def _save_specs(out, comparison) -> dict:
 
 
 def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0, with_ntide: bool = False,
-             progress: bool = True) -> dict:
-    from workbench.data import SynthSocial, vocab
-    from workbench.evaluation import embed_images, retrieval_report
-    from workbench.files import check_writable_dir, write_json_atomic, write_text_atomic
-    from workbench.methods import get_method
-    from workbench.models import load_clip
-    from workbench.primitives import InterventionSpec, apply, intervene
+             progress: bool = True, model_name: str = "synthsocial", pretrained: Optional[str] = None,
+             checkpoint: Optional[str] = None, device: str = "cpu", data: str = "synthsocial") -> dict:
+    """Run the demo (module docstring) into `out_dir`; returns the summary (also written as summary.json).
+
+    model_name / pretrained / checkpoint / device: the model (`load_clip`); data: "synthsocial" or "KIND:DIR" (a
+    local folder, e.g. fairface:/data/fairface, split in a reference and a gallery half). Steps 2–5 need
+    SynthSocial's labels; on a folder the demo goes from step 1 to the comparison. A model other than the embedded
+    one has no shipped SAEs: SEM's and DebiasLens's are trained here (seeded, seconds to minutes) into out/saes/.
+    """
+    from workbench.files import check_writable_dir, write_json_atomic
+    from workbench.method_report import halves, load_real, parse_data
     from workbench.methods.comparison import compare_methods
-    from workbench.viz import plot_head_scores
+    from workbench.models import load_clip
 
     out = check_writable_dir(out_dir, "demo output folder")  # before the work, so no result is lost
+    kind, folder = parse_data(data)
     torch.manual_seed(seed)
     n = 512 if quick else 1024
-    queries = {o: f"a photo of a {o}" for o in vocab.OCCUPATIONS}
 
-    print("1. Load the embedded model")
-    model = load_clip("synthsocial")
+    print(f"1. Load the model ({model_name})")
+    model = load_clip(model_name, pretrained=pretrained, checkpoint=checkpoint, device=device)
     print(model.summary())
-    evaluation = SynthSocial("test_balanced", seed=seed, n=n)
-    reference = SynthSocial("test_balanced", seed=seed + 1, n=n, transform=model.preprocess)
-    images, labels = evaluation.tensors()
-    x = model.preprocess(images[:16])
-    decomposition = model.visual.decompose(x)
-    err = (decomposition.sum() - model.encode_image(x)).abs().max().item()
+    if kind == "synthsocial":
+        from workbench.data import SynthSocial
+
+        evaluation = SynthSocial("test_balanced", seed=seed, n=n)
+        reference = SynthSocial("test_balanced", seed=seed + 1, n=n, transform=model.preprocess)
+        spurious = SynthSocial("test_spurious", seed=seed, n=512 if quick else 1024)
+    else:
+        reference, evaluation = halves(load_real(kind, folder), n, seed, what="the demo")
+        spurious = None
+    from workbench.evaluation import input_batches
+
+    x, _ = next(iter(input_batches(model, evaluation, 16)))  # preprocessed, whatever the dataset's format
+    decomposition = model.visual.decompose(x.to(model.device))
+    err = (decomposition.sum() - model.encode_image(x.to(model.device))).abs().max().item()
     print(f"   {decomposition}\n   max |Σ components − encode_image| = {err:.1e}")
+
+    summary = {"method": "demo", "model": model.name, "data": data, "evaluation": repr(evaluation),
+               "reference": repr(reference)}
+    if kind == "synthsocial":
+        def reload():
+            return load_clip(model_name, pretrained=pretrained, checkpoint=checkpoint, device=device)
+
+        summary.update(_expert_heads_tour(model, evaluation, reference, out, seed, reload))
+    else:
+        print("\n2.–5. The expert-heads tour needs SynthSocial's occupation labels: skipped for a folder")
+    write_json_atomic(out / "summary.json", summary)  # the first half is saved before the longer second half
+
+    print("\n6. All methods side by side: expert heads, SEM, projection baselines, DebiasLens (α = 0.6)")
+    saes = _saes(model, out, seed, progress)
+    from workbench.sem_command import vocabulary_prompts
+
+    comparison = compare_methods(model, reference, evaluation, spurious=spurious, prompts=vocabulary_prompts(model),
+                                 n_boot=500 if quick else 1000, seed=seed, progress=progress, **saes)
+    shown = [m for m in ("gender_maxskew_occupations", "gender_maxskew_stereotypes", "gender_ndkl",
+                         "zero_shot_accuracy", "worst_group_accuracy") if m in comparison.result.metrics]
+    print(comparison.table(shown, intervals=False).to_string(float_format=lambda v: f"{v:.4f}"))
+    result = comparison.result
+    best = _best(result)
+    specs = _save_specs(out, comparison)
+    summary["comparison"] = {
+        "gallery": repr(evaluation), "spurious": repr(spurious), "seconds": comparison.seconds, "best": best,
+        "saes": {k: str(v) for k, v in saes.items()},
+        "best_beyond_noise": None if best is None else result.beyond_noise(best, "baseline",
+                                                                           "gender_maxskew_occupations"),
+        "baseline": {m: result.value("baseline", m) for m in result.metrics},
+        "variants": [{"name": v, "method": comparison.method_of[v],
+                      "metrics": {m: result.value(v, m) for m in result.metrics},
+                      "intervals": {r.metric: [r.lo, r.hi] for r in result.table[result.table.variant == v].itertuples()},
+                      "spec": specs[v]} for v in result.variants if v != "baseline"],
+    }
+    print(f"   best (lowest gender MaxSkew on occupation prompts, zero-shot down ≤ 2 points): {best}")
+
+    ntide = None
+    if with_ntide:
+        print("\n7. N-TIDE: teacher, student and baselines (trained here)")
+        ntide = _run_ntide(out / "ntide", model, data, seed, quick, progress)
+        summary["ntide"] = ntide
+
+    print("\n8. Report")
+    from workbench.demo_report import write_report
+
+    report = write_report(out / "report.html", model=model, summary=summary, comparison=comparison,
+                          gallery=evaluation, reference=reference, ntide=ntide)
+    summary["report"] = str(report)
+    write_json_atomic(out / "summary.json", summary)
+    print(f"   report: {report}\n   summary: {out / 'summary.json'}")
+    return summary
+
+
+def _saes(model, out, seed: int, progress: bool) -> dict:
+    """compare_methods' SAE arguments: the shipped SAEs of the embedded model, otherwise trained here."""
+    if model.name == "synthsocial":
+        return {"sem_sae": "synthsocial/text-embed", "image_sae": "synthsocial/image-resid-last"}
+    from workbench.sem_command import text_sae, vocabulary_prompts
+
+    print("   no shipped SAEs for this model: training SEM's on its text embeddings of the prompt sets")
+    _, folder, _ = text_sae(model, None, out, vocabulary_prompts(model), seed, SAE_STEPS, progress)
+    return {"sem_sae": folder, "methods": ("expert_heads", "sem", "projection")}
+
+
+def _expert_heads_tour(model, evaluation, reference, out, seed: int, reload) -> dict:
+    """Steps 2–5: baseline metrics, expert heads, the neutral-prototype intervention, the spec round trip."""
+    from workbench.data import vocab
+    from workbench.evaluation import embed_images, retrieval_report
+    from workbench.files import write_text_atomic
+    from workbench.methods import get_method
+    from workbench.primitives import InterventionSpec, apply, intervene
+    from workbench.viz import plot_head_scores
+
+    queries = {o: f"a photo of a {o}" for o in vocab.OCCUPATIONS}
+    images, labels = evaluation.tensors()
 
     def measure() -> tuple[torch.Tensor, dict]:
         emb = embed_images(model, images)
@@ -113,62 +204,22 @@ def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0, with_ntide
     print(f"   gender NDKL {before['gender_ndkl']:.4f} → {after['gender_ndkl']:.4f} "
           f"({-100 * drop / before['gender_ndkl']:+.0f} %)")
 
-    print("\n5. Export the intervention as a JSON spec and re-apply it to a fresh model")
+    print("\n5. Export the intervention as a JSON spec and re-apply it to a fresh copy of the model")
     path = found.to_spec(model).save(out / "gender_heads.json")
-    with apply(load_clip("synthsocial"), InterventionSpec.load(path)) as reloaded:
+    with apply(reload(), InterventionSpec.load(path)) as reloaded:
         reproduced = embed_images(reloaded, images)
     same = torch.equal(reproduced, after_emb)
     print(f"   wrote {path}; the reloaded spec reproduces the embeddings bit for bit: {same}")
-    summary = {"method": "expert_heads", "evaluation": repr(evaluation), "reference": repr(reference),
-               "heads": [list(h) for h in found.heads], "attribution": found.attribution.tolist(),
-               "before": before, "after": after, "spec": str(path), "bit_exact": same}
-    write_json_atomic(out / "summary.json", summary)  # the first half is saved before the longer second half
-
-    print("\n6. All methods side by side: expert heads, SEM, projection baselines, DebiasLens (α = 0.6)")
-    spurious = SynthSocial("test_spurious", seed=seed, n=512 if quick else 1024)
-    comparison = compare_methods(model, reference, evaluation, spurious=spurious, n_boot=500 if quick else 1000,
-                                 seed=seed, progress=progress)
-    shown = [m for m in ("gender_maxskew_occupations", "gender_maxskew_stereotypes", "gender_ndkl",
-                         "zero_shot_accuracy", "worst_group_accuracy") if m in comparison.result.metrics]
-    print(comparison.table(shown, intervals=False).to_string(float_format=lambda v: f"{v:.4f}"))
-    result = comparison.result
-    best = _best(result)
-    specs = _save_specs(out, comparison)
-    summary["comparison"] = {
-        "gallery": repr(evaluation), "spurious": repr(spurious), "seconds": comparison.seconds, "best": best,
-        "best_beyond_noise": None if best is None else result.beyond_noise(best, "baseline",
-                                                                           "gender_maxskew_occupations"),
-        "baseline": {m: result.value("baseline", m) for m in result.metrics},
-        "variants": [{"name": v, "method": comparison.method_of[v],
-                      "metrics": {m: result.value(v, m) for m in result.metrics},
-                      "intervals": {r.metric: [r.lo, r.hi] for r in result.table[result.table.variant == v].itertuples()},
-                      "spec": specs[v]} for v in result.variants if v != "baseline"],
-    }
-    print(f"   best (lowest gender MaxSkew on occupation prompts, zero-shot down ≤ 2 points): {best}")
-
-    ntide = None
-    if with_ntide:
-        print("\n7. N-TIDE: teacher, student and baselines (trained here)")
-        ntide = _run_ntide(out / "ntide", model, seed, quick, progress)
-        summary["ntide"] = ntide
-
-    print("\n8. Report")
-    from workbench.demo_report import write_report
-
-    report = write_report(out / "report.html", model=model, summary=summary, comparison=comparison,
-                          gallery=evaluation, reference=reference, ntide=ntide)
-    summary["report"] = str(report)
-    write_json_atomic(out / "summary.json", summary)
-    print(f"   report: {report}\n   summary: {out / 'summary.json'}")
-    return summary
+    return {"heads": [list(h) for h in found.heads], "attribution": found.attribution.tolist(),
+            "before": before, "after": after, "spec": str(path), "bit_exact": same}
 
 
-def _run_ntide(folder, model, seed: int, quick: bool, progress: bool) -> dict:
+def _run_ntide(folder, model, data: str, seed: int, quick: bool, progress: bool) -> dict:
     """`workbench ntide` into folder (its own report and checkpoints); the rows the HTML report shows."""
     from workbench.ntide_command import run_ntide_command
 
     kw = {"n_train": 2000, "n_test": 512} if quick else {}
-    summary = run_ntide_command(folder, model=model, seed=seed, progress=progress, **kw)
+    summary = run_ntide_command(folder, model=model, data=data, seed=seed, progress=progress, **kw)
     shown = ("accuracy", "eo_diff", "eop_diff", "dp_diff", "rbd")
     rows = [{"name": "student (baseline)", **{m: summary["baseline"].get(m) for m in shown}}]
     rows += [{"name": v["name"], **{m: v["metrics"].get(m) for m in shown}} for v in summary["variants"]]

@@ -101,9 +101,11 @@ def write_report(path, *, model, summary: dict, comparison, gallery, reference=N
     for m in md.columns[1:]:
         beyond = set(noisy[(noisy["metric"] == m) & noisy["beyond_noise"]]["variant"])
         md[m] = [f"{v} *" if name in beyond else v for name, v in zip(md.index, md[m])]
-    report.table(md, caption="maxskew / kl: over the top 100 of the gallery for occupation or stereotype prompts, "
-                             "uniform target; ndkl: SISPI protocol over occupation queries; worst_group_accuracy: "
-                             "test_spurious (chef/farmer × kitchen/field).")
+    caption = ("maxskew / kl: over the top 100 of the gallery for occupation or stereotype prompts, uniform target; "
+               "ndkl: SISPI protocol over occupation queries.")
+    if "worst_group_accuracy" in result.metrics:
+        caption += " worst_group_accuracy: zero-shot on test_spurious, the worst (chef/farmer × kitchen/field) group."
+    report.table(md, caption=caption)
     tidy = result.table.assign(method=[comparison.method_of.get(v, "vanilla") for v in result.table["variant"]])
     report.figure(plot_method_comparison(tidy, [m for m in FIGURE_METRICS if m in result.metrics],
                                          title="bias (lower is better) and utility, with 95 % intervals"),

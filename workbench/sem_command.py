@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["run_sem", "pick_best", "vocabulary_prompts", "SPURIOUS_CLASSES"]
+__all__ = ["run_sem", "pick_best", "vocabulary_prompts", "text_sae", "SPURIOUS_CLASSES"]
 
 BEST_ZERO_SHOT_DROP = 0.02
 SPURIOUS_CLASSES = ("kitchen", "field")  # SynthSocial test_spurious: the label "spurious" names these scenes
@@ -52,8 +52,9 @@ def pick_best(baseline: dict, variants: dict, key: str) -> Optional[str]:
     return best
 
 
-def _sae(model, sae_arg, out: Path, prompts, seed: int, steps: int, progress: bool):
-    """(SAE object, folder, how): --sae, the shipped SAE of the embedded model, or one trained here."""
+def text_sae(model, sae_arg, out: Path, prompts, seed: int, steps: int, progress: bool):
+    """(SAE object, folder, how) for SEM at `text.hook_text_embed`: `sae_arg` (a folder or shipped name), the
+    shipped SAE of the embedded model, or one trained here on the prompt sets (seeded) and saved in out/saes/."""
     from workbench.saes import load_sae, resolve_sae_path, save_sae, train_sae
 
     if sae_arg is not None:
@@ -137,7 +138,7 @@ def run_sem(out_dir, *, model=None, model_name: str = "synthsocial", pretrained:
         raise ValueError(f"SEMb and the projections need bias prompts for --attribute {attribute!r}; the "
                          f"{prompts.vocabulary} prompt sets have them for {sorted(prompts.bias)}")
     lap("load")
-    sae_obj, sae_path, sae_how = _sae(model, sae, out, prompts, seed, sae_steps, progress)
+    sae_obj, sae_path, sae_how = text_sae(model, sae, out, prompts, seed, sae_steps, progress)
     lap("sae")
 
     def variants_for(attr, classes=None):

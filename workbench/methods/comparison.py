@@ -99,7 +99,10 @@ def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, a
         from workbench.methods.expert_heads import expert_variants, find_expert_heads
 
         start = time.perf_counter()
-        finding = find_expert_heads(model, reference, attribute, seed=seed, batch_size=batch_size, progress=progress)
+        has_target = "occupation" in getattr(reference, "label_names", {})
+        finding = find_expert_heads(model, reference, attribute, seed=seed, batch_size=batch_size, progress=progress,
+                                    target="occupation" if has_target else None,
+                                    queries=None if has_target else list(prompts.occupations))
         found = expert_variants(finding, single_heads=False)
         chosen = {f"experts_{k}": found[k] for k in EXPERT_VARIANTS if k in found}
         from workbench.methods.expert_heads import variant_spec
