@@ -9,8 +9,8 @@ Data (docs/ntide.md):
   `test_balanced` (2,048 images, every occupation × gender × ethnicity cell equal). Default task: target
   occupation, group gender — `train` ties gender to occupation (P(female | occupation) 0.9 or 0.1), so a model
   that leans on gender to recognise an occupation shows gaps on the balanced test split. Students train 2 epochs
-  there: a from-scratch CNN learns the occupation cues themselves perfectly by epoch 3 (no gap left to close);
-  after 2 epochs the gap is measurable (docs/ntide.md, "Result on SynthSocial").
+  there: a from-scratch CNN reaches 100 % training accuracy by epoch 3 and, trained longer, shows no gap left to
+  close; after 2 epochs the gap is measurable (docs/ntide.md, "Result on SynthSocial").
 - "fairface:DIR": train on FairFace `train`, score on `val`; "utkface:DIR": two seeded halves. Default task:
   target gender, group ethnicity (the reference's default).
 
@@ -28,7 +28,7 @@ __all__ = ["run_ntide_command", "pick_best", "add_parser", "DATA_KINDS", "N_TRAI
 
 DATA_KINDS = ("synthsocial", "fairface", "utkface")
 N_TRAIN_SYNTH = 2000
-STUDENT_EPOCHS_SYNTH = 2  # a from-scratch CNN learns SynthSocial's occupation cues perfectly by epoch 3 (docs/ntide.md)
+STUDENT_EPOCHS_SYNTH = 2  # later, the from-scratch student has no occupation/gender gap left (docs/ntide.md)
 DEFAULT_TASK = {"synthsocial": ("occupation", "gender"), "fairface": ("gender", "ethnicity"),
                 "utkface": ("gender", "ethnicity")}
 BEST_ACCURACY_DROP = 0.02

@@ -146,3 +146,42 @@ def test_ntide_on_a_random_vit_b_32_and_a_fairface_folder(tmp_path, monkeypatch,
     with safe_open(str(out / "checkpoints" / "clip_text_inversion" / "epoch_001.safetensors"), "pt") as f:
         assert f.get_tensor("model/prompt.v").shape == (512,)
         assert f.get_tensor("model/fuse.0.weight").shape == (256, 512)  # d_embed 512 → 256
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumed_reports_the_uninterrupted_run(tmp_path, monkeypatch):
+    """Kill `workbench ntide` after the first epoch of the N-TIDE student, rerun with resume: the teachers come back
+    from their checkpoints, the student continues from epoch 1, and every weight and metric equals the run that was
+    never interrupted."""
+    import workbench.methods.ntide as ntide
+    from safetensors.torch import load_file
+
+    settings = dict(n_train=128, n_test=64, teacher_epochs=2, student_epochs=2, ablations=False, n_boot=0,
+                    progress=False)
+    full = run_ntide_command(tmp_path / "full", **settings)
+
+    class Killed(Exception):
+        pass
+
+    real_fit = ntide.fit
+
+    def fit_killed_in_ntide(*args, **kwargs):
+        if kwargs["name"] == "ntide":
+            def kill(epoch, record):
+                raise Killed
+            kwargs["on_epoch_end"] = kill
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(ntide, "fit", fit_killed_in_ntide)
+    with pytest.raises(Killed):
+        run_ntide_command(tmp_path / "killed", **settings)
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints" / "ntide").iterdir()) == \
+        ["epoch_001.safetensors"]
+    monkeypatch.setattr(ntide, "fit", real_fit)
+    resumed = run_ntide_command(tmp_path / "killed", resume=True, **settings)
+    assert resumed["baseline"] == full["baseline"]
+    assert [v["metrics"] for v in resumed["variants"]] == [v["metrics"] for v in full["variants"]]
+    for row in ("student", "clip_text_inversion", "ntide"):
+        a = load_file(str(tmp_path / "full" / "checkpoints" / row / "epoch_002.safetensors"))
+        b = load_file(str(tmp_path / "killed" / "checkpoints" / row / "epoch_002.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), row
