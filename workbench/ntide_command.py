@@ -87,6 +87,8 @@ def _finding(metrics: dict, table) -> str:
     rows = table[table["variant"] == "ntide"].set_index("metric")
 
     def change(metric: str) -> str:
+        if rows.loc[metric, "diff_lo"] == rows.loc[metric, "diff_hi"]:  # n_boot < 2: no interval to judge by
+            return f"{metric} {base[metric]:.4f} → {ours[metric]:.4f}"
         noise = "beyond noise" if bool(rows.loc[metric, "beyond_noise"]) else "within noise"
         return f"{metric} {base[metric]:.4f} → {ours[metric]:.4f} ({noise})"
 

@@ -155,3 +155,10 @@ def test_config_checks():
     with pytest.raises(ValueError, match="label_smoothing must lie in"):
         NTIDEConfig(label_smoothing=1.0)
     assert np.isclose(NTIDEConfig().to_dict()["lambda_t"][0], 1.0)
+
+
+def test_registered_by_name():
+    from workbench.methods import get_method
+    from workbench.methods.ntide import run_ntide
+
+    assert get_method("ntide") is run_ntide

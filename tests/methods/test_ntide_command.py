@@ -159,6 +159,7 @@ def test_a_killed_run_resumed_reports_the_uninterrupted_run(tmp_path, monkeypatc
     settings = dict(n_train=128, n_test=64, teacher_epochs=2, student_epochs=2, ablations=False, n_boot=0,
                     progress=False)
     full = run_ntide_command(tmp_path / "full", **settings)
+    assert full["finding"].startswith("N-TIDE vs the student-only baseline: rbd ") and "noise" not in full["finding"]
 
     class Killed(Exception):
         pass
