@@ -162,3 +162,12 @@ def test_registered_by_name():
     from workbench.methods.ntide import run_ntide
 
     assert get_method("ntide") is run_ntide
+
+
+def test_torchvision_backbones_build_offline_and_unknown_names_are_refused():
+    torch.manual_seed(0)
+    student = Student("resnet18", n_classes=4, feature_dim=16).eval()
+    logits, features = student(torch.rand(2, 3, 64, 64))
+    assert logits.shape == (2, 4) and features.shape == (2, 16) and student.proj.in_features == 512
+    with pytest.raises(ValueError, match=r"unknown student backbone 'vgg16'; choose one of \('small_cnn', 'resnet18'"):
+        Student("vgg16", 4, 16)
