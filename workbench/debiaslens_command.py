@@ -25,7 +25,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["run_debiaslens", "bias_score", "TOWERS", "BEST_ZERO_SHOT_DROP"]
+__all__ = ["run_debiaslens", "bias_score", "TOWERS", "BEST_ZERO_SHOT_DROP", "image_side_sae",
+           "text_side_sae", "text_search_data"]
 
 TOWERS = ("image", "text", "both")
 BEST_ZERO_SHOT_DROP = 0.02  # the target: zero-shot accuracy down at most 2 points
@@ -102,7 +103,7 @@ def _labels_of(dataset) -> dict:
     return {k: torch.tensor([r[k] for r in rows]).long() for k in rows[0]}
 
 
-def _text_search_data(kind: str, reference, attributes):
+def text_search_data(kind: str, reference, attributes):
     """(prompts, labels {attribute: codes, −1 = not named}, label_names) for the text-side search: the reference
     images' full SynthSocial captions (each names gender, ethnicity and age), else the bias prompts of
     `prompt_sets("real")` (each names one class of one attribute)."""
@@ -189,7 +190,9 @@ def _train_here(model, data, tower: str, out: Path, steps: int, seed: int, progr
                                    **{f"train_{k}": round(v, 4) for k, v in stats.items()}}
 
 
-def _image_sae(model, sae, reference, out, steps, seed, progress):
+def image_side_sae(model, sae, reference, out, steps, seed, progress):
+    """(folder, facts) of the image-side SAE at the last image block: `sae` (checked), the shipped
+    `synthsocial/image-resid-last` for the embedded model, else one trained here on `reference` into out/saes/."""
     from workbench.saes import read_sae_config, resolve_sae_path
 
     if sae is not None:
@@ -201,7 +204,9 @@ def _image_sae(model, sae, reference, out, steps, seed, progress):
     return _train_here(model, reference, "image", out, steps, seed, progress)
 
 
-def _text_sae(model, sae, kind, out, steps, seed, progress):
+def text_side_sae(model, sae, kind, out, steps, seed, progress):
+    """(folder, facts) of the text-side SAE at the last text block: `sae` (checked), else one trained here (seeded,
+    one thread) on SynthSocial train captions ("synthsocial") or the real prompt sets, into out/saes/."""
     if sae is not None:
         return _given_sae(model, sae, "text", "--text-sae"), {"source": "given", "site": _last_site(model, "text")}
     return _train_here(model, _text_training_data(kind, seed), "text", out, steps, seed, progress)
@@ -375,9 +380,9 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
     towers = ("image", "text") if tower == "both" else (tower,)
     sae_paths, sae_info = {}, {}
     if "image" in towers:
-        sae_paths["image"], sae_info["image"] = _image_sae(model, sae, reference, out, sae_steps, seed, progress)
+        sae_paths["image"], sae_info["image"] = image_side_sae(model, sae, reference, out, sae_steps, seed, progress)
     if "text" in towers:
-        sae_paths["text"], sae_info["text"] = _text_sae(model, text_sae, kind, out, sae_steps, seed, progress)
+        sae_paths["text"], sae_info["text"] = text_side_sae(model, text_sae, kind, out, sae_steps, seed, progress)
     lap("load")
 
     found = {}
@@ -385,7 +390,7 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
         found["image"] = find_social_neurons(model, sae_paths["image"], reference, attributes=attributes, tau=tau,
                                              top_n=top_n, batch_size=batch_size, progress=progress)
     if "text" in towers:
-        prompts, labels, names = _text_search_data(kind, reference, attributes)
+        prompts, labels, names = text_search_data(kind, reference, attributes)
         found["text"] = find_social_neurons(model, sae_paths["text"], prompts, labels=labels, label_names=names,
                                             attributes=[a for a in attributes if a in labels], tau=tau, top_n=top_n,
                                             batch_size=batch_size, progress=progress)

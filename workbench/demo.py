@@ -112,7 +112,7 @@ def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0, with_ntide
     write_json_atomic(out / "summary.json", summary)  # the first half is saved before the longer second half
 
     print("\n6. All methods side by side: expert heads, SEM, projection baselines, DebiasLens (α = 0.6)")
-    saes = _saes(model, out, seed, progress)
+    saes = _saes(model, kind, reference, out, seed, progress)
     from workbench.sem_command import vocabulary_prompts
 
     comparison = compare_methods(model, reference, evaluation, spurious=spurious, prompts=vocabulary_prompts(model),
@@ -125,13 +125,14 @@ def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0, with_ntide
     specs = _save_specs(out, comparison)
     summary["comparison"] = {
         "gallery": repr(evaluation), "spurious": repr(spurious), "seconds": comparison.seconds, "best": best,
-        "saes": {k: str(v) for k, v in saes.items()},
+        "saes": {k: str(v) for k, v in saes.items() if k.endswith("_sae")},
         "best_beyond_noise": None if best is None else result.beyond_noise(best, "baseline",
                                                                            "gender_maxskew_occupations"),
         "baseline": {m: result.value("baseline", m) for m in result.metrics},
         "variants": [{"name": v, "method": comparison.method_of[v],
                       "metrics": {m: result.value(v, m) for m in result.metrics},
-                      "intervals": {r.metric: [r.lo, r.hi] for r in result.table[result.table.variant == v].itertuples()},
+                      "intervals": {r.metric: [r.lo, r.hi]
+                                    for r in result.table[result.table.variant == v].itertuples()},
                       "spec": specs[v]} for v in result.variants if v != "baseline"],
     }
     print(f"   best (lowest gender MaxSkew on occupation prompts, zero-shot down ≤ 2 points): {best}")
@@ -153,15 +154,23 @@ def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0, with_ntide
     return summary
 
 
-def _saes(model, out, seed: int, progress: bool) -> dict:
-    """compare_methods' SAE arguments: the shipped SAEs of the embedded model, otherwise trained here."""
+def _saes(model, kind: str, reference, out, seed: int, progress: bool) -> dict:
+    """compare_methods' SAE arguments: the shipped SAEs of the embedded model (its text-side DebiasLens SAE is
+    trained here: none is shipped, see saes/README.md), or, for another model, all of them trained here."""
+    from workbench.debiaslens_command import image_side_sae, text_search_data, text_side_sae
+
+    print("   training DebiasLens's text-side SAE at the last text block (seeded, one thread)")
+    text, _ = text_side_sae(model, None, kind, out, SAE_STEPS, seed, progress)
     if model.name == "synthsocial":
-        return {"sem_sae": "synthsocial/text-embed", "image_sae": "synthsocial/image-resid-last"}
+        return {"sem_sae": "synthsocial/text-embed", "image_sae": "synthsocial/image-resid-last", "text_sae": text}
     from workbench.sem_command import text_sae, vocabulary_prompts
 
-    print("   no shipped SAEs for this model: training SEM's on its text embeddings of the prompt sets")
-    _, folder, _ = text_sae(model, None, out, vocabulary_prompts(model), seed, SAE_STEPS, progress)
-    return {"sem_sae": folder, "methods": ("expert_heads", "sem", "projection")}
+    print("   no shipped SAEs for this model: training SEM's (text embedding) and DebiasLens's image-side one")
+    _, sem, _ = text_sae(model, None, out, vocabulary_prompts(model), seed, SAE_STEPS, progress)
+    image, _ = image_side_sae(model, None, reference, out, SAE_STEPS, seed, progress)
+    attributes = [a for a in ("gender", "ethnicity", "age") if a in reference.label_names]
+    return {"sem_sae": sem, "image_sae": image, "text_sae": text,
+            "text_search": text_search_data(kind, reference, attributes)}
 
 
 def _expert_heads_tour(model, evaluation, reference, out, seed: int, reload) -> dict:

@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["embed_images", "input_batches", "retrieval_report", "query_prompts", "evaluate_variants",
-           "EvaluationResult", "TextOverride", "cached_edit", "caption_gender", "neutralize_caption", "synthsocial_captions",
+           "EvaluationResult", "TextOverride",
+           "cached_edit", "caption_gender", "neutralize_caption", "synthsocial_captions",
            "default_word_lists", "MASCULINE_WORDS", "FEMININE_WORDS", "RECALL_KS"]
 
 Queries = Union[Mapping[Union[str, int], str], Sequence[str]]

@@ -66,7 +66,7 @@ def _check_methods(methods) -> tuple[str, ...]:
 
 def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, attribute: str = "gender",
                     methods: Sequence[str] = METHODS, sem_sae="synthsocial/text-embed",
-                    image_sae="synthsocial/image-resid-last", text_sae=None, alpha: float = 0.6,
+                    image_sae="synthsocial/image-resid-last", text_sae=None, text_search=None, alpha: float = 0.6,
                     tau: Optional[float] = None, spurious_attribute: str = "scene",
                     spurious_classes: Sequence[str] = ("kitchen", "field"), top_k: int = 100, n_boot: int = 1000,
                     seed: int = 0, batch_size: int = 256, progress: bool = True) -> MethodComparison:
@@ -77,8 +77,10 @@ def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, a
     gallery with "target" and "spurious" labels (SynthSocial `test_spurious`) for worst-group accuracy.
     prompts: a `PromptSets` (default `prompt_sets("synthsocial")`). attribute: the protected attribute the
     expert heads and the text methods remove. sem_sae: the SAE at `text.hook_text_embed`; image_sae /
-    text_sae: SAEs at the last block of each tower for DebiasLens (no text SAE: image side only); alpha: its
-    blend; tau: its "consistently active" threshold (default: `find_social_neurons`'s).
+    text_sae: SAEs at the last block of each tower for DebiasLens (no text SAE: image side only); text_search:
+    (prompts, {attribute: codes, −1 = not labelled}, {attribute: group names}) the text-side search runs on
+    (default: the reference images' SynthSocial captions); alpha: its blend; tau: its "consistently active"
+    threshold (default: `find_social_neurons`'s).
     """
     import time
 
@@ -133,18 +135,23 @@ def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, a
 
         start = time.perf_counter()
         kw = {} if tau is None else {"tau": tau}
-        image = find_social_neurons(model, image_sae, reference, batch_size=min(batch_size, 64), progress=progress,
-                                    **kw)
+        labels = _labels(reference)  # the attributes with at least two groups among the reference images
+        attrs = [a for a in ("gender", "ethnicity", "age")
+                 if a in labels and len(set(labels[a][labels[a] >= 0].tolist())) >= 2]
+        image = find_social_neurons(model, image_sae, reference, attributes=attrs, batch_size=min(batch_size, 64),
+                                    progress=progress, **kw)
         text = None
         if text_sae is not None:
-            from workbench.evaluation import synthsocial_captions
+            if text_search is None:  # SynthSocial: each reference image's full caption names its groups
+                from workbench.evaluation import synthsocial_captions
 
-            labels = {k: v for k, v in _labels(reference).items()}
-            attrs = [a for a in image.attributes if a in labels]
-            text = find_social_neurons(model, text_sae, synthsocial_captions(labels), attributes=attrs,
-                                       labels={a: labels[a] for a in attrs},
-                                       label_names={a: reference.label_names[a] for a in attrs}, progress=progress,
-                                       **kw)
+                text_search = (synthsocial_captions(labels), {a: labels[a] for a in attrs},
+                               {a: reference.label_names[a] for a in attrs})
+            prompts_t, labels_t, names_t = text_search
+            keep = [a for a in labels_t if a in attrs]
+            text = find_social_neurons(model, text_sae, prompts_t, attributes=keep,
+                                       labels={a: labels_t[a] for a in keep},
+                                       label_names={a: names_t[a] for a in keep}, progress=progress, **kw)
         add("debiaslens", debiaslens_variants(model, image=image, text=text, alpha=alpha))
         findings["debiaslens"] = {"image": image, "text": text}
         seconds["debiaslens"] = time.perf_counter() - start
