@@ -59,6 +59,10 @@ def fmt(x, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def cell(text) -> str:
+    return str(text).replace("|", "\\|")  # a bare | would end the table cell
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     where = m.get("gpu") or f"CPU ({m['cpus']} cores, {m['torch_threads']} torch threads)"
@@ -85,10 +89,11 @@ def markdown(report: dict) -> str:
                          f"{report['device']} | {report['dtype']} | {fmt(row.get('load'))} |")
             continue
         met = {True: "✓", False: "✗", None: "report"}[row["met"]]
-        lines.append(f"| {row['benchmark']} | {row['case']} | {fmt(row['figure'], row['unit'])} | "
-                     f"{fmt(row['baseline'], row['unit'])} ({row['baseline_name']}) | {fmt(row['ratio'])} "
-                     f"({row['ratio_means']}) | {row['goal']} | {met} | {row['device']} | {row['dtype']} | "
-                     f"{fmt(row.get('load'))} |")
+        lines.append("| " + " | ".join(cell(c) for c in (
+            row["benchmark"], row["case"], fmt(row["figure"], row["unit"]),
+            f"{fmt(row['baseline'], row['unit'])} ({row['baseline_name']})",
+            f"{fmt(row['ratio'])} ({row['ratio_means']})", row["goal"], met, row["device"], row["dtype"],
+            fmt(row.get("load")))) + " |")
     if report.get("note"):
         lines += ["", report["note"]]
     return "\n".join(lines) + "\n"
@@ -145,6 +150,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(HERE),
                         help="folder for README.md and results*.json (default: benchmarks/)")
     parser.add_argument("--note", default="", help="a line added under the table")
+    parser.add_argument("--update", action="store_true", help="with --only: replace those benchmarks' rows in the "
+                        "latest full results (results.json, README.md), keeping the others and their load figures")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -161,6 +168,18 @@ def main(argv=None) -> int:
         print(f"python -m benchmarks: error: {e}", file=sys.stderr)
         return 2
     report["note"] = args.note
+    if args.update and names and not args.quick and (out / "results.json").is_file():
+        import json
+
+        latest = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        if (latest["device"], latest["dtype"]) == (args.device, args.dtype):
+            rerun = set(names)
+            latest["rows"] = [r for r in latest["rows"] if r["benchmark"] not in rerun] + report["rows"]
+            latest["rows"].sort(key=lambda r: r["benchmark"])
+            latest.setdefault("updates", []).append({k: report[k] for k in ("only", "finished", "load_before",
+                                                                             "load_after")})
+            latest["note"] = "\n\n".join(x for x in (latest.get("note"), args.note) if x)
+            report, names = latest, []
     full = not names and not args.quick
     stem = "results" if full else ("results-quick" if args.quick else "results-partial")
     if args.device != "cpu" and full:

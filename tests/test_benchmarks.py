@@ -45,6 +45,8 @@ def test_table_row():
             in table)
     assert "| broken | failed: ValueError: bad | | | | | ✗ | cpu | float32 | 2 |" in table
     assert "before [1.0, 1.0, 1.0], after [2.0, 1.5, 1.0]" in table
+    report["rows"][0]["goal"] = "≥ 20×, max |Δaccuracy| ≤ 0.01"
+    assert r"| ≥ 20×, max \|Δaccuracy\| ≤ 0.01 |" in markdown(report)  # a | inside a cell is escaped
 
 
 def test_importtime_split_charges_the_outermost_heavy_package():
