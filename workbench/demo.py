@@ -133,6 +133,10 @@ def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0, with_ntide
                       "metrics": {m: result.value(v, m) for m in result.metrics},
                       "intervals": {r.metric: [r.lo, r.hi]
                                     for r in result.table[result.table.variant == v].itertuples()},
+                      "difference_to_baseline": {r.metric: {"value": r.diff, "interval": [r.lo, r.hi],
+                                                            "beyond_noise": bool(r.beyond_noise)}
+                                                 for r in result.comparisons[result.comparisons.variant == v]
+                                                 .itertuples()},
                       "spec": specs[v]} for v in result.variants if v != "baseline"],
     }
     print(f"   best (lowest gender MaxSkew on occupation prompts, zero-shot down ≤ 2 points): {best}")
