@@ -22,12 +22,10 @@ import torch
 from torch import Tensor
 
 from workbench.models.hook_names import (
-    POSITIONS,
     act_name,
     canonical_position,
     check_hook_name,
     pooled_index,
-    position_axis,
     select_position,
 )
 
