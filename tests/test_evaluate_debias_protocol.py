@@ -215,3 +215,18 @@ def test_bad_input_is_refused(model, gallery, sets):
     spec = InterventionSpec.from_edits(model, [Edit(target="head", op="zero", layer=5, head=1)])
     with pytest.raises(TypeError, match="mixes InterventionSpecs"):
         evaluate_variants(model, gallery, {"mixed": [spec, Edit(target="head", op="zero", layer=5, head=2)]}, **kw)
+
+
+def test_a_failing_spec_in_a_list_leaves_no_hooks_behind(model):
+    from workbench.evaluation import _applied
+    from workbench.models.hooks import is_active
+    from workbench.primitives import SpecError
+
+    image_spec, _ = _specs(model)
+    with pytest.raises(SpecError, match="no spec file at 'not a spec'"):  # applying the second one fails
+        with _applied(model, [image_spec, "not a spec"]):
+            pass
+    assert not any(is_active(h) for h in model.hook_dict.values())
+    with _applied(model, [image_spec]):  # and a good list applies
+        assert is_active(model.hook_dict["hook_image_embed"])
+    assert not is_active(model.hook_dict["hook_image_embed"])

@@ -23,6 +23,7 @@ the last block's pooled row from one cached pass (`workbench.models.cls_tail.CLS
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -492,16 +493,24 @@ class _Variant:
         return self.text is not None or any(e.tower == "text" for e in self.edits)
 
     def context(self, model):
-        from contextlib import ExitStack, nullcontext
+        from contextlib import nullcontext
 
-        from workbench.primitives import apply, intervene
+        from workbench.primitives import intervene
 
         if self.specs:
-            stack = ExitStack()
-            for spec in self.specs:
-                stack.enter_context(apply(model, spec))
-            return stack
+            return _applied(model, self.specs)
         return intervene(model, self.edits) if self.edits else nullcontext(model)
+
+
+@contextmanager
+def _applied(model, specs):
+    """Every spec applied at once; all removed on exit, also when applying a later one fails."""
+    from workbench.primitives import apply
+
+    with ExitStack() as stack:
+        for spec in specs:
+            stack.enter_context(apply(model, spec))
+        yield model
 
 
 def _variants(model, variants: Mapping) -> list[_Variant]:
