@@ -73,6 +73,20 @@ def _gallery(report, model, comparison, gallery, variant: str, attribute: str) -
                   caption=f"The occupation prompt with the largest {attribute} skew before any edit.", height=420)
 
 
+def _findings(result, attribute: str) -> str:
+    """One sentence per bias metric: which variants moved it beyond noise, down and up (read off the paired tests)."""
+    parts = []
+    for metric in (f"{attribute}_maxskew_occupations", f"{attribute}_maxskew_stereotypes", f"{attribute}_ndkl"):
+        if metric not in result.metrics:
+            continue
+        rows = result.comparisons[(result.comparisons["metric"] == metric) & result.comparisons["beyond_noise"]]
+        down = [f"{r.variant} ({r.diff:+.3f})" for r in rows.itertuples() if r.diff < 0]
+        up = [f"{r.variant} ({r.diff:+.3f})" for r in rows.itertuples() if r.diff > 0]
+        parts.append(f"{metric}: lower beyond noise: {', '.join(down) or 'none'}; higher beyond noise: "
+                     f"{', '.join(up) or 'none'}.")
+    return "What the paired tests say. " + " ".join(parts)
+
+
 def write_report(path, *, model, summary: dict, comparison, gallery, reference=None, ntide: Optional[dict] = None,
                  attribute: str = "gender"):
     """Write the report to `path` and return it."""
@@ -106,6 +120,7 @@ def write_report(path, *, model, summary: dict, comparison, gallery, reference=N
     if "worst_group_accuracy" in result.metrics:
         caption += " worst_group_accuracy: zero-shot on test_spurious, the worst (chef/farmer × kitchen/field) group."
     report.table(md, caption=caption)
+    report.paragraph(_findings(result, attribute))
     tidy = result.table.assign(method=[comparison.method_of.get(v, "vanilla") for v in result.table["variant"]])
     report.figure(plot_method_comparison(tidy, [m for m in FIGURE_METRICS if m in result.metrics],
                                          title="bias (lower is better) and utility, with 95 % intervals"),

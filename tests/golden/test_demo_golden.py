@@ -67,6 +67,10 @@ def test_demo_writes_a_self_contained_report(run):
     assert html.count('class="plotly-graph-div"') >= 4
     assert "<script src=" not in html and 'src="http' not in html  # plotly.js is inline: the page works offline
     assert "All methods side by side" in html and "data:image/png;base64," in html
+    # the paired tests, read off for the reader: SEMb cuts occupation MaxSkew beyond noise on this gallery
+    sem_b = next(v for v in summary["comparison"]["variants"] if v["name"] == "sem_b")
+    assert sem_b["difference_to_baseline"]["gender_maxskew_occupations"]["beyond_noise"]
+    assert "gender_maxskew_occupations: lower beyond noise: " in html and "sem_b (" in html
 
 
 def test_same_data_and_heads(run, golden):
