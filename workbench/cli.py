@@ -19,10 +19,9 @@ import sys
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="synthsocial", help="embedded name or open_clip architecture (default: synthsocial)")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
-    p.add_argument("--checkpoint", default=None, help="local weights (.safetensors, or .pt read weights-only)")
-    p.add_argument("--device", default="cpu")
+    from workbench.method_report import add_model_args
+
+    add_model_args(p)
 
 
 def _load(args):

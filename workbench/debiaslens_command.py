@@ -25,6 +25,8 @@ from typing import Optional
 
 import torch
 
+from workbench.data.base import dataset_labels
+
 __all__ = ["run_debiaslens", "bias_score", "TOWERS", "BEST_ZERO_SHOT_DROP", "image_side_sae",
            "text_side_sae", "text_search_data"]
 
@@ -94,15 +96,6 @@ class _Rendered(torch.utils.data.Dataset):
         return self._name
 
 
-def _labels_of(dataset) -> dict:
-    """{key: LongTensor [n]} of a dataset (SynthSocial's label arrays, else read item by item)."""
-    labels = getattr(dataset, "labels", None)
-    if isinstance(labels, dict) and labels:
-        return {k: torch.as_tensor(v).long() for k, v in labels.items()}
-    rows = [dataset[i][1] for i in range(len(dataset))]
-    return {k: torch.tensor([r[k] for r in rows]).long() for k in rows[0]}
-
-
 def text_search_data(kind: str, reference, attributes):
     """(prompts, labels {attribute: codes, −1 = not named}, label_names) for the text-side search: the reference
     images' full SynthSocial captions (each names gender, ethnicity and age), else the bias prompts of
@@ -111,7 +104,7 @@ def text_search_data(kind: str, reference, attributes):
     from workbench.evaluation import synthsocial_captions
 
     if kind == "synthsocial":
-        labels = _labels_of(reference)
+        labels = dataset_labels(reference)
         return (synthsocial_captions(labels, "full"), {a: labels[a] for a in attributes},
                 {a: list(reference.label_names[a]) for a in attributes})
     bias = prompt_sets("real").bias
@@ -213,31 +206,6 @@ def text_side_sae(model, sae, kind, out, steps, seed, progress):
 
 
 # ---------------------------------------------------------------------------------------------- report
-def _thumbnail(dataset, i: int) -> torch.Tensor:
-    """Item i of a dataset as a [3, ≤64, ≤64] float image in [0, 1] (its raw image, before any transform)."""
-    from torch.utils.data import Subset
-
-    from workbench.data.base import pil_to_tensor
-
-    base, index = dataset, i
-    while isinstance(base, Subset):
-        base, index = base.dataset, base.indices[index]
-    saved = getattr(base, "transform", None)
-    try:
-        if saved is not None:
-            base.transform = None
-        image = base[index][0]
-    finally:
-        if saved is not None:
-            base.transform = saved
-    x = image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    if max(x.shape[-2:]) > 64:
-        size = [max(1, round(s * 64 / max(x.shape[-2:]))) for s in x.shape[-2:]]
-        x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", antialias=True)[0]
-    return x.clamp(0, 1)
-
-
 def _sweep_name(tag: str, a: float, alpha: float) -> str:
     """The variant of the α sweep at α = a: the baseline at 0, the main variant at `alpha`."""
     return "baseline" if a == 0 else f"debiaslens_{tag}" if a == alpha else f"debiaslens_{tag}_a{a:g}"
@@ -322,7 +290,7 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
     """
     from workbench.evaluation import evaluate_variants
     from workbench.files import check_writable_dir, write_json_atomic, write_text_atomic
-    from workbench.method_report import model_ref, parse_data, write_figure, write_tables
+    from workbench.method_report import model_ref, parse_data, thumbnail, write_figure, write_tables
     from workbench.methods.debiaslens import (
         ALPHAS,
         ATTRIBUTES,
@@ -361,7 +329,7 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
         model = load_clip(model_name, pretrained=pretrained, checkpoint=checkpoint, device=device)
     reference, gallery, spurious, target, queries = _datasets(kind, folder, seed, n_images)
     keys = reference[0][1]
-    ref_labels = _labels_of(reference)
+    ref_labels = dataset_labels(reference)
     # an attribute with one group in the reference set (e.g. a single age bin) has nothing to compare
     available = [a for a in ATTRIBUTES if a in keys and len(torch.unique(ref_labels[a])) >= 2]
     if attribute == "all":
@@ -461,7 +429,7 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
         examples = {}
         for latent, rows in top.groupby("latent", sort=False):
             idx = rows["index"].tolist()
-            examples[int(latent)] = ([_thumbnail(reference, i) for i in idx] if t == "image"
+            examples[int(latent)] = ([thumbnail(reference, i, size=64) for i in idx] if t == "image"
                                      else [prompts[i] for i in idx])
         write_figure(figures, f"neurons_{t}", plot_social_neurons(
             neurons, examples, title=f"{t} side: selected latents at {neurons.site} (τ = {tau:g}), their top "
@@ -546,13 +514,11 @@ def cmd_debiaslens(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `workbench debiaslens` on the console script's subparsers."""
+    from workbench.method_report import add_model_args
+
     p = sub.add_parser("debiaslens", help="DebiasLens: social neurons on SAEs, silenced at inference; evaluate, report "
                                           "(docs/debiaslens.md)")
-    p.add_argument("--model", default="synthsocial",
-                   help="embedded name or open_clip architecture (default: synthsocial)")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
-    p.add_argument("--checkpoint", default=None, help="local weights (.safetensors, or .pt read weights-only)")
-    p.add_argument("--device", default="cpu")
+    add_model_args(p)
     p.add_argument("--data", default="synthsocial", help="synthsocial | fairface:DIR | utkface:DIR | sispi:DIR | "
                    "celeba:DIR | waterbirds:DIR (a local folder, split in a reference and a gallery half)")
     p.add_argument("--attribute", default="all", help="all (the union of gender, ethnicity and age neurons; default) "

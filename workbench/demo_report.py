@@ -9,6 +9,8 @@ from typing import Optional
 
 import torch
 
+from workbench.method_report import thumbnail
+
 __all__ = ["write_report", "TABLE_METRICS", "FIGURE_METRICS"]
 
 TABLE_METRICS = ("gender_maxskew_occupations", "gender_maxskew_stereotypes", "gender_kl_occupations",
@@ -27,24 +29,6 @@ def _card(model) -> Optional[dict]:
     if model.name != "synthsocial" or not path.is_file():
         return None
     return json.loads(path.read_text())
-
-
-def _raw_image(dataset, i: int) -> torch.Tensor:
-    from workbench.data.base import pil_to_tensor
-
-    base, index = dataset, i
-    while hasattr(base, "indices") and hasattr(base, "dataset"):
-        base, index = base.dataset, base.indices[index]
-    saved = getattr(base, "transform", None)
-    try:
-        if saved is not None:
-            base.transform = None
-        x = base[index][0]
-    finally:
-        if saved is not None:
-            base.transform = saved
-    x = x if isinstance(x, torch.Tensor) else pil_to_tensor(x)
-    return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
 @torch.no_grad()
@@ -67,7 +51,7 @@ def _gallery(report, model, comparison, gallery, variant: str, attribute: str) -
             model.encode_text([prompt], normalize=True)[0].float().cpu()
         top = (result.embeddings[name] @ t).topk(GALLERY_TOP).indices.tolist()
         groups[name] = [names[c] for c in result.labels[attribute][top].tolist()]
-        thumbs[name] = [_raw_image(gallery, i) for i in top]
+        thumbs[name] = [thumbnail(gallery, i) for i in top]
     report.figure(plot_retrieval_mix(groups, names, prompt, thumbnails=thumbs,
                                      title=f"top {GALLERY_TOP} for {prompt!r}: baseline vs {variant}"),
                   caption=f"The occupation prompt with the largest {attribute} skew before any edit.", height=420)
@@ -142,7 +126,7 @@ def write_report(path, *, model, summary: dict, comparison, gallery, reference=N
         found = neurons["image"]
         report.heading("DebiasLens social neurons (image side)")
         top = found.top_items(6)
-        examples = {int(j): [_raw_image(reference, int(i)) for i in g["index"]]
+        examples = {int(j): [thumbnail(reference, int(i)) for i in g["index"]]
                     for j, g in top.groupby("latent")} if reference is not None else {}
         report.figure(plot_social_neurons(found, examples), height=120 + 110 * max(1, len(found.latents())))
         report.paragraph(repr(found))

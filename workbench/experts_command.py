@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 
-from workbench.method_report import halves, load_real, model_ref, parse_data, write_figure, write_tables
+from workbench.method_report import (add_model_args, halves, load_real, model_ref, parse_data, thumbnail,
+                                     write_figure, write_tables)
 
 __all__ = ["run_experts", "parse_data", "pick_best", "DATA_KINDS"]
 
@@ -76,36 +76,6 @@ def pick_best(baseline: dict, variants: dict, attribute: str) -> Optional[str]:
     return best
 
 
-def _thumbnail(image) -> torch.Tensor:
-    """A gallery image as a [3, ≤96, ≤96] float tensor in [0, 1] for the gallery figure."""
-    from workbench.data.base import pil_to_tensor
-
-    x = image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
-    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-    if max(x.shape[-2:]) > 96:
-        scale = 96 / max(x.shape[-2:])
-        size = [max(1, round(s * scale)) for s in x.shape[-2:]]
-        x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", antialias=True)[0]
-    return x.clamp(0, 1)
-
-
-def _raw_item(dataset, i: int):
-    """Item i of a dataset without its transform (the raw image), for thumbnails."""
-    from torch.utils.data import Subset
-
-    base, index = dataset, i
-    while isinstance(base, Subset):
-        base, index = base.dataset, base.indices[index]
-    saved = getattr(base, "transform", None)
-    try:
-        if saved is not None:
-            base.transform = None
-        return base[index][0]
-    finally:
-        if saved is not None:
-            base.transform = saved
-
-
 def _gallery_figure(result, gallery, attribute: str, names: dict, variant: str):
     from workbench.viz import plot_retrieval_gallery
 
@@ -116,7 +86,7 @@ def _gallery_figure(result, gallery, attribute: str, names: dict, variant: str):
     for name in ("baseline", variant):
         sim = result.embeddings[name] @ result.text[q]
         top = sim.topk(min(GALLERY_TOP, len(sim))).indices.tolist()
-        thumbs[name] = [_thumbnail(_raw_item(gallery, i)) for i in top]
+        thumbs[name] = [thumbnail(gallery, i) for i in top]
         codes = result.labels[attribute][top].tolist()
         captions[name] = [names.get(c, str(c)) for c in codes]
     return plot_retrieval_gallery(thumbs, captions, result.queries[q],
@@ -281,11 +251,7 @@ def cmd_experts(args) -> int:
 def add_parser(sub) -> None:
     """Register `workbench experts` on the console script's subparsers."""
     p = sub.add_parser("experts", help="expert heads: find, intervene, evaluate, report (docs/methods.md)")
-    p.add_argument("--model", default="synthsocial",
-                   help="embedded name or open_clip architecture (default: synthsocial)")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
-    p.add_argument("--checkpoint", default=None, help="local weights (.safetensors, or .pt read weights-only)")
-    p.add_argument("--device", default="cpu")
+    add_model_args(p)
     p.add_argument("--data", default="synthsocial", help="synthsocial | fairface:DIR | utkface:DIR | sispi:DIR | "
                    "celeba:DIR (a local folder, split in a reference and a gallery half)")
     p.add_argument("--attribute", default="gender", help="protected label: gender, ethnicity, age, or any label key")

@@ -114,13 +114,11 @@ def cmd_extract(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `workbench extract` on the console script's subparsers."""
+    from workbench.method_report import add_model_args
+
     p = sub.add_parser("extract", help="activations of hook sites over a dataset into a store (torchrun: many "
                        "processes)")
-    p.add_argument("--model", default="synthsocial",
-                   help="embedded name or open_clip architecture (default: synthsocial)")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
-    p.add_argument("--checkpoint", default=None, help="local weights (.safetensors, or .pt read weights-only)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: cuda:LOCAL_RANK per process), cuda:N")
+    add_model_args(p, device_help="cpu, cuda (under torchrun: cuda:LOCAL_RANK per process), cuda:N")
     p.add_argument("--data", default="synthsocial:train",
                    help="synthsocial:SPLIT | fairface:DIR | utkface:DIR | sispi:DIR | celeba:DIR | waterbirds:DIR")
     # under torchrun write --n-items: torchrun's own parser takes a bare --n for an abbreviation of its options

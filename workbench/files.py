@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union
 
-__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "check_writable_dir", "TMP_SUFFIX"]
+__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "check_writable_dir", "write_state",
+           "read_state", "TMP_SUFFIX"]
 
 PathLike = Union[str, os.PathLike]
 TMP_SUFFIX = ".tmp"  # temporary files are `.<name>.<random>.tmp` in the destination folder
@@ -87,3 +88,32 @@ def check_writable_dir(folder: PathLike, what: str = "output folder") -> Path:
         raise ValueError(f"cannot write to the {what} {str(folder)!r}: {err.strerror or err}; "
                          "pass a folder you can write to") from None
     return folder
+
+
+def write_state(path: PathLike, tensors: dict, schema: str, run: dict, state: dict) -> Path:
+    """A training checkpoint as one safetensors file, written atomically: `tensors` as tensors; `schema`, the run's
+    settings (`run`, compared on resume) and the JSON state (`state`: epoch, optimizer scalars, history ...) in its
+    metadata. No pickle."""
+    from safetensors.torch import save_file
+
+    metadata = {"schema": schema, "run": json.dumps(run, sort_keys=True), "state": json.dumps(state)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_state(path: PathLike, schema: str, *, kind: str, what: str, remedy: str,
+               elsewhere: str = "output folder") -> tuple[dict, dict, dict]:
+    """(run, state, tensors) of a `write_state` file. Another schema raises "{path} is not {kind} ...; delete it or
+    use another {elsewhere}"; a file that cannot be read "{what} {path} cannot be read (...); {remedy}" (ValueError)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("schema") != schema:
+                raise ValueError(f"{path} is not {kind} (schema {meta.get('schema')!r}, expected {schema!r}); "
+                                 f"delete it or use another {elsewhere}")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return json.loads(meta["run"]), json.loads(meta["state"]), tensors
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} {path} cannot be read ({e}); {remedy}") from None

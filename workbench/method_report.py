@@ -16,10 +16,19 @@ from typing import Optional
 
 import torch
 
-__all__ = ["DATA_KINDS", "parse_data", "load_real", "halves", "markdown_table", "write_figure", "write_tables",
-           "model_ref"]
+__all__ = ["DATA_KINDS", "add_model_args", "parse_data", "load_real", "halves", "thumbnail", "markdown_table",
+           "write_figure", "write_tables", "model_ref"]
 
 DATA_KINDS = ("synthsocial", "fairface", "utkface", "sispi", "celeba", "waterbirds")
+
+
+def add_model_args(p, model_help: str = "embedded name or open_clip architecture (default: synthsocial)",
+                   device_help: str = "cpu or cuda") -> None:
+    """--model, --pretrained, --checkpoint, --device: how every command names the CLIP it loads (`load_clip`)."""
+    p.add_argument("--model", default="synthsocial", help=model_help)
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
+    p.add_argument("--checkpoint", default=None, help="local weights (.safetensors, or .pt read weights-only)")
+    p.add_argument("--device", default="cpu", help=device_help)
 
 
 def parse_data(spec: str, kinds: tuple[str, ...] = DATA_KINDS) -> tuple[str, Optional[Path]]:
@@ -75,6 +84,32 @@ def halves(dataset, n_images: Optional[int], seed: int, what: str = "the command
         subset.label_names = dict(dataset.label_names)
         parts.append(subset)
     return parts
+
+
+def thumbnail(dataset, i: int, size: int = 96) -> torch.Tensor:
+    """Item i of a dataset as its raw image (the dataset's transform bypassed, through any `Subset`s), a
+    [3, ≤size, ≤size] float tensor in [0, 1] for figures and reports."""
+    from torch.utils.data import Subset
+
+    from workbench.data.base import pil_to_tensor
+
+    base, index = dataset, i
+    while isinstance(base, Subset):
+        base, index = base.dataset, base.indices[index]
+    saved = getattr(base, "transform", None)
+    try:
+        if saved is not None:
+            base.transform = None
+        image = base[index][0]
+    finally:
+        if saved is not None:
+            base.transform = saved
+    x = image if isinstance(image, torch.Tensor) else pil_to_tensor(image)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if max(x.shape[-2:]) > size:
+        shape = [max(1, round(s * size / max(x.shape[-2:]))) for s in x.shape[-2:]]
+        x = torch.nn.functional.interpolate(x[None], size=shape, mode="bilinear", antialias=True)[0]
+    return x.clamp(0, 1)
 
 
 def markdown_table(frame, index_name: str = "variant") -> str:

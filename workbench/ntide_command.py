@@ -264,14 +264,13 @@ def cmd_ntide(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `workbench ntide` on the console script's subparsers."""
+    from workbench.method_report import add_model_args
+
     from workbench.methods.ntide_student import BACKBONES
 
     p = sub.add_parser("ntide", help="N-TIDE: train a CLIP-taught image-only student and its ablations, score them "
                        "(docs/ntide.md)")
-    p.add_argument("--model", default="synthsocial", help="teacher CLIP: embedded name or open_clip architecture")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
-    p.add_argument("--checkpoint", default=None, help="local CLIP weights (.safetensors, or .pt read weights-only)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_model_args(p, model_help="teacher CLIP: embedded name or open_clip architecture")
     p.add_argument("--data", default="synthsocial", help="synthsocial | fairface:DIR | utkface:DIR")
     p.add_argument("--target", default=None, help="label to classify (default: occupation on synthsocial, else gender)")
     p.add_argument("--group", default=None, help="protected label the fairness gaps compare (default: gender on "

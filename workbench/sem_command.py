@@ -258,13 +258,11 @@ def cmd_sem(args) -> int:
 
 def add_parser(sub) -> None:
     """Register `workbench sem` on the console script's subparsers."""
+    from workbench.method_report import add_model_args
+
     p = sub.add_parser("sem", help="SEM (sparse embedding modulation) vs projection baselines: evaluate, report "
                                    "(docs/sem.md)")
-    p.add_argument("--model", default="synthsocial",
-                   help="embedded name or open_clip architecture (default: synthsocial)")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (needs cached weights offline)")
-    p.add_argument("--checkpoint", default=None, help="local weights (.safetensors, or .pt read weights-only)")
-    p.add_argument("--device", default="cpu")
+    add_model_args(p)
     p.add_argument("--data", default="synthsocial", help="synthsocial | fairface:DIR | utkface:DIR | sispi:DIR | "
                    "celeba:DIR | waterbirds:DIR (a local folder; the gallery is its second seeded half)")
     p.add_argument("--attribute", default="gender", help="protected label with bias prompts: gender, ethnicity, age")

@@ -152,3 +152,37 @@ def test_label_frame_is_tidy(tmp_path, files):
     assert list(frame.columns) == ["path", "gender", "age"]
     assert frame.iloc[0].tolist() == [str(tmp_path / "a.jpg"), 1, 2]
     assert repr(ds) == "LabeledImageDataset(n=1, labels: gender[2], age)"
+
+
+def test_dataset_labels_reads_label_columns_through_subsets_without_opening_images():
+    from torch.utils.data import Subset
+
+    from workbench.data import SynthSocial, dataset_labels
+
+    ds = SynthSocial("test_balanced", n=64)
+    nested = Subset(Subset(ds, [5, 3, 9, 1, 40]), [4, 2, 0])
+    want = [ds[i][1] for i in (40, 9, 5)]
+    got = dataset_labels(nested)
+    assert set(got) == set(want[0])
+    for k, v in got.items():
+        assert v.dtype == torch.long and v.tolist() == [w[k] for w in want]
+
+    class Columns(torch.utils.data.Dataset):  # labels as columns; opening an item would fail
+        labels = {"gender": [1, 0, 1]}
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            raise AssertionError("dataset_labels opened an image")
+
+    assert dataset_labels(Subset(Columns(), [2, 1]))["gender"].tolist() == [1, 0]
+
+    class ItemsOnly(torch.utils.data.Dataset):  # no label columns: read item by item
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return None, {"gender": 1 - i}
+
+    assert dataset_labels(ItemsOnly())["gender"].tolist() == [1, 0]

@@ -9,12 +9,13 @@ from .prompts import PromptSets, prompt_sets
 from .render import NoiseBank, RenderStyle, contact_sheet, render_batch
 from .synthsocial import SPLITS, SynthBatch, SynthConfig, SynthSocial
 
-from .base import DatasetFormatError, LabeledImageDataset, SkippedFilesWarning, collate_labeled
+from .base import DatasetFormatError, LabeledImageDataset, SkippedFilesWarning, collate_labeled, dataset_labels
 from .prompt_files import PromptFileError, load_debiaslens_prompts, load_sem_prompts, load_sobit
 from .real import SISPI, CaptionDataset, CelebA, FairFace, UTKFace, Waterbirds
 
 __all__ = [
     "vocab",
+    "dataset_labels",
     "CaptionTemplate",
     "TEMPLATES",
     "all_captions",

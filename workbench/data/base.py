@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = [
+    "dataset_labels",
     "DatasetFormatError",
     "MissingPathError",
     "SkippedFilesWarning",
@@ -398,3 +399,23 @@ def collate_labeled(
             raise ValueError(f"items in one batch have different label keys: {sorted(keys)} vs {sorted(labels)}")
     columns = {key: torch.tensor([labels[key] for _, labels in batch], dtype=torch.long) for key in keys}
     return torch.stack(images), columns
+
+
+def dataset_labels(dataset) -> dict:
+    """``{key: LongTensor [n]}`` of a labelled dataset, without opening images where it can: a dataset's own
+    ``labels`` columns (SynthSocial, the folder loaders), through any ``torch.utils.data.Subset``s; otherwise read
+    item by item."""
+    import torch
+    from torch.utils.data import Subset
+
+    index, base = None, dataset
+    while isinstance(base, Subset):
+        rows = torch.as_tensor(list(base.indices), dtype=torch.long)
+        index = rows if index is None else rows[index]
+        base = base.dataset
+    labels = getattr(base, "labels", None)
+    if isinstance(labels, dict) and labels:
+        columns = {k: torch.as_tensor(v).long() for k, v in labels.items()}
+        return columns if index is None else {k: v[index] for k, v in columns.items()}
+    rows = [dataset[i][1] for i in range(len(dataset))]
+    return {k: torch.tensor([r[k] for r in rows]).long() for k in rows[0]}

@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 
 from .registry import register_method
+from .sem import select_classes
 
 __all__ = ["orth_proj", "orth_cali", "projection_variants", "spurious_prompts", "candidate_prompts",
            "projection_basis", "calibration_matrix", "LAMBDA", "SITE"]
@@ -54,14 +55,7 @@ def _substitute(prompt: str, subject: str) -> Optional[str]:
 def _class_prompts(prompts, attribute: str, classes: Optional[Sequence[str]]) -> dict[str, list[str]]:
     if attribute not in prompts.bias:
         raise ValueError(f"the prompt sets have no bias prompts for {attribute!r}; they have {sorted(prompts.bias)}")
-    bias = prompts.bias[attribute]
-    if classes is not None:
-        missing = [c for c in classes if c not in bias]
-        if missing or len(classes) < 2:
-            raise ValueError(f"classes must name at least 2 of the {attribute!r} classes {list(bias)}, got "
-                             f"{list(classes)}")
-        bias = {c: bias[c] for c in classes}
-    return dict(bias)
+    return select_classes(prompts.bias[attribute], classes, attribute)
 
 
 def _naming(bias: Mapping[str, Sequence[str]], subject: str, attribute: str) -> dict[str, str]:

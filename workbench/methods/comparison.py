@@ -84,7 +84,7 @@ def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, a
     """
     import time
 
-    from workbench.data import prompt_sets
+    from workbench.data import dataset_labels, prompt_sets
     from workbench.evaluation import evaluate_variants
 
     methods = _check_methods(methods)
@@ -135,7 +135,7 @@ def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, a
 
         start = time.perf_counter()
         kw = {} if tau is None else {"tau": tau}
-        labels = _labels(reference)  # the attributes with at least two groups among the reference images
+        labels = dataset_labels(reference)  # the attributes with at least two groups among the reference images
         attrs = [a for a in ("gender", "ethnicity", "age")
                  if a in labels and len(set(labels[a][labels[a] >= 0].tolist())) >= 2]
         image = find_social_neurons(model, image_sae, reference, attributes=attrs, batch_size=min(batch_size, 64),
@@ -193,13 +193,3 @@ def _spec(model, name: str, edits, attribute: str):
     from workbench.primitives import InterventionSpec
 
     return InterventionSpec.from_edits(model, edits, method=name, attribute=attribute, variant=name)
-
-
-def _labels(dataset) -> dict:
-    import torch
-
-    labels = getattr(dataset, "labels", None)
-    if isinstance(labels, dict) and labels:
-        return {k: torch.as_tensor(v).long() for k, v in labels.items()}
-    rows = [dataset[i][1] for i in range(len(dataset))]
-    return {k: torch.tensor([r[k] for r in rows]).long() for k in rows[0]}

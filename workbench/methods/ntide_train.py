@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from workbench.files import atomic_write
+from workbench.files import read_state, write_state
 
 __all__ = ["fit", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "CheckpointMismatch", "SCHEMA"]
 
@@ -39,7 +39,6 @@ def _epoch_file(folder: Path, epoch: int) -> Path:
 def save_checkpoint(folder: Path, epoch: int, module: nn.Module, optimizer, scheduler, history: list,
                     run: dict) -> Path:
     """Write the state after `epoch` (1-based) complete epochs to folder/epoch_EEE.safetensors, atomically."""
-    from safetensors.torch import save_file
 
     tensors = {_MODEL + k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
     opt = optimizer.state_dict()
@@ -56,25 +55,12 @@ def save_checkpoint(folder: Path, epoch: int, module: nn.Module, optimizer, sche
             tensors[f"{_RNG}cuda/{i}"] = s
     state = {"epoch": epoch, "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
              "scheduler": scheduler.state_dict(), "history": history}
-    metadata = {"schema": SCHEMA, "run": json.dumps(run, sort_keys=True), "state": json.dumps(state)}
-    folder.mkdir(parents=True, exist_ok=True)
-    return atomic_write(_epoch_file(folder, epoch), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return write_state(_epoch_file(folder, epoch), tensors, SCHEMA, run, state)
 
 
 def _read(path: Path) -> tuple[dict, dict, dict]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("schema") != SCHEMA:
-                raise ValueError(f"{path} is not an N-TIDE training checkpoint (schema {meta.get('schema')!r}, "
-                                 f"expected {SCHEMA!r}); delete it or use another output folder")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return json.loads(meta["run"]), json.loads(meta["state"]), tensors
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"the N-TIDE checkpoint {path} cannot be read ({e}); delete it to retrain from the "
-                         "epoch before, or run without --resume") from None
+    return read_state(path, SCHEMA, kind="an N-TIDE training checkpoint", what="the N-TIDE checkpoint",
+                      remedy="delete it to retrain from the epoch before, or run without --resume")
 
 
 def latest_checkpoint(folder: Optional[Path]) -> Optional[Path]:

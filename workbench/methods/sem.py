@@ -96,6 +96,17 @@ def relu_latents(sae, x: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- the fitted method
+def select_classes(bias: Mapping[str, Sequence[str]], classes: Optional[Sequence[str]], attribute) -> dict:
+    """{class: prompts} restricted to `classes` (all of them when None); at least 2 classes, each present."""
+    if classes is None:
+        return dict(bias)
+    missing = [c for c in classes if c not in bias]
+    if missing or len(classes) < 2:
+        raise ValueError(f"classes must name at least 2 of the {attribute!r} classes {list(bias)}, got "
+                         f"{list(classes)}")
+    return {c: bias[c] for c in classes}
+
+
 def _prompt_list(prompts, what: str) -> list[str]:
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
         raise ValueError(f"{what} must be a non-empty list of prompt strings, got {prompts!r:.80}")
@@ -202,12 +213,7 @@ class SEM:
         if bias is not None:
             if not isinstance(bias, Mapping) or len(bias) < 2:
                 raise ValueError(f"bias prompts must be {{class: prompts}} with at least 2 classes, got {bias!r:.80}")
-            if classes is not None:
-                missing = [c for c in classes if c not in bias]
-                if missing or len(classes) < 2:
-                    raise ValueError(f"classes must name at least 2 of the {attribute!r} classes {list(bias)}, got "
-                                     f"{list(classes)}")
-                bias = {c: bias[c] for c in classes}
+            bias = select_classes(bias, classes, attribute)
             sem.classes = list(bias)
             latents = [sem.latents(_prompt_list(p, f"bias prompts of {c!r}")) for c, p in bias.items()]
             sem.bias_score, sem.class_scores = bias_sensitivity(sem.diverse_latents, latents)

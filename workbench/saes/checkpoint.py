@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from workbench.files import atomic_write
+from workbench.files import read_state, write_state
 
 __all__ = ["CHECKPOINT_FILE", "CheckpointMismatch", "save_checkpoint", "load_checkpoint", "read_run"]
 
@@ -30,7 +30,6 @@ class CheckpointMismatch(ValueError):
 
 def save_checkpoint(folder, trainer, run: dict) -> Path:
     """Write the state of `trainer` (a sae_lens SAETrainer) after `trainer.n_training_steps` steps."""
-    from safetensors.torch import save_file
 
     tensors = {_SAE + k: v.detach().cpu().contiguous() for k, v in trainer.sae.state_dict().items()}
     opt = trainer.optimizer.state_dict()
@@ -54,27 +53,13 @@ def save_checkpoint(folder, trainer, run: dict) -> Path:
         "coefficient_schedulers": {k: s.state_dict() for k, s in trainer.coefficient_schedulers.items()},
         "scaling_factor": trainer.activation_scaler.scaling_factor,
     }
-    metadata = {"schema": SCHEMA, "run": json.dumps(run, sort_keys=True), "state": json.dumps(state)}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    return atomic_write(folder / CHECKPOINT_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return write_state(Path(folder) / CHECKPOINT_FILE, tensors, SCHEMA, run, state)
 
 
 def _read(path: Path) -> tuple[dict, dict, dict]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("schema") != SCHEMA:
-                raise ValueError(f"{path} is not an SAE training checkpoint of this workbench (schema "
-                                 f"{meta.get('schema')!r}, expected {SCHEMA!r}); delete it or use another "
-                                 "checkpoint_dir")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return json.loads(meta["run"]), json.loads(meta["state"]), tensors
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"the SAE training checkpoint {path} cannot be read ({e}); delete it to start the run "
-                         "again, or pass resume=False") from None
+    return read_state(path, SCHEMA, kind="an SAE training checkpoint of this workbench",
+                      what="the SAE training checkpoint",
+                      remedy="delete it to start the run again, or pass resume=False", elsewhere="checkpoint_dir")
 
 
 def read_run(folder) -> Optional[dict]:
