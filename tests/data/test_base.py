@@ -167,8 +167,11 @@ def test_dataset_labels_reads_label_columns_through_subsets_without_opening_imag
     for k, v in got.items():
         assert v.dtype == torch.long and v.tolist() == [w[k] for w in want]
 
+    column = np.array([1, 0, 1])
+    column.setflags(write=False)  # as the folder loaders hold them
+
     class Columns(torch.utils.data.Dataset):  # labels as columns; opening an item would fail
-        labels = {"gender": [1, 0, 1]}
+        labels = {"gender": column}
 
         def __len__(self):
             return 3
@@ -176,7 +179,11 @@ def test_dataset_labels_reads_label_columns_through_subsets_without_opening_imag
         def __getitem__(self, i):
             raise AssertionError("dataset_labels opened an image")
 
-    assert dataset_labels(Subset(Columns(), [2, 1]))["gender"].tolist() == [1, 0]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "non-writable array" warning from torch
+        assert dataset_labels(Subset(Columns(), [2, 1]))["gender"].tolist() == [1, 0]
 
     class ItemsOnly(torch.utils.data.Dataset):  # no label columns: read item by item
         def __len__(self):

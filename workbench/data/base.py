@@ -415,7 +415,9 @@ def dataset_labels(dataset) -> dict:
         base = base.dataset
     labels = getattr(base, "labels", None)
     if isinstance(labels, dict) and labels:
-        columns = {k: torch.as_tensor(v).long() for k, v in labels.items()}
+        # copies: the folder loaders' numpy columns are read-only
+        columns = {k: v.long().clone() if isinstance(v, torch.Tensor) else torch.tensor(np.asarray(v), dtype=torch.long)
+                   for k, v in labels.items()}
         return columns if index is None else {k: v[index] for k, v in columns.items()}
     rows = [dataset[i][1] for i in range(len(dataset))]
     return {k: torch.tensor([r[k] for r in rows]).long() for k in rows[0]}
