@@ -302,3 +302,30 @@ def test_an_sae_variant_takes_the_forward_path(model, dataset, tmp_path):
         expected = embed_images(model, gallery[0])
     assert_fp32_close(got.embeddings["sae"], expected)
     assert (expected - got.embeddings["baseline"]).abs().max() > 1e-3
+
+
+def test_ndkl_chance_levels_and_cut():
+    """The result carries each NDKL metric's chance level (a random ranking's expected NDKL on this gallery,
+    equal to `ndkl_chance` under the SISPI protocol) and `cut` reads a variant's change against it."""
+    from workbench.data import SynthSocial
+    from workbench.evaluation import evaluate_variants
+    from workbench.metrics import ndkl_chance
+    from workbench.models import load_clip
+    from workbench.primitives import ablate_heads
+
+    model = load_clip("synthsocial")
+    gallery = SynthSocial("test_balanced", seed=0, n=256)
+    result = evaluate_variants(model, gallery, {"zero": ablate_heads([(5, 0)])}, groups=("gender", "ethnicity"),
+                               captions=False, word_lists=None, progress=False, n_boot=100)
+    labels = gallery.labels
+    relevant = (labels["occupation"][None, :] == torch.arange(8)[:, None]).numpy()
+    assert result.chance["gender_ndkl"] == pytest.approx(ndkl_chance(labels["gender"], relevant_mask=relevant))
+    joint = labels["gender"] * 4 + labels["ethnicity"]
+    assert result.chance["gender_ethnicity_ndkl"] == pytest.approx(
+        ndkl_chance(joint, n_groups=8, relevant_mask=relevant))
+    assert set(result.chance) == {"gender_ndkl", "ethnicity_ndkl", "gender_ethnicity_ndkl"}
+    b, v = result.value("baseline", "gender_ndkl"), result.value("zero", "gender_ndkl")
+    cut = result.cut("zero", "gender_ndkl")
+    assert cut["relative"] == pytest.approx(1 - v / b)
+    assert cut["of_excess"] == pytest.approx((b - v) / (b - result.chance["gender_ndkl"]))
+    assert "of_excess" not in result.cut("zero", "map")

@@ -331,6 +331,9 @@ class EvaluationResult:
         ("baseline": the variant leaves the image tower alone).
     grouped: {metric: np.ndarray [n] group code of each unit} for metrics that are not a mean over units
         (`worst_group_accuracy`: the minimum over groups of the group mean; its interval resamples images).
+    chance: {metric: value} the chance level of each NDKL metric on this gallery: what a uniformly random ranking
+        scores in expectation (`workbench.metrics.ndkl_chance`). NDKL above it is bias; no ranking that ignores
+        the groups goes below it, so a cut can remove at most `value(baseline) - chance[metric]`.
     """
 
     table: Any
@@ -345,6 +348,7 @@ class EvaluationResult:
     n_boot: int = 1000
     seed: int = 0
     grouped: dict = field(default_factory=dict)
+    chance: dict = field(default_factory=dict)
     _families: dict = field(default_factory=dict, repr=False)
     _family_of: dict = field(default_factory=dict, repr=False)
 
@@ -392,6 +396,7 @@ class EvaluationResult:
             per_query, self.embeddings, self.text, self.queries, self.labels, self.paths,
             prompt_embeddings=self.prompt_embeddings, n_boot=self.n_boot, seed=self.seed,
             grouped={**self.grouped, **{rename[m]: g for m, g in other.grouped.items() if m in rename}},
+            chance={**self.chance, **{rename[m]: c for m, c in other.chance.items() if m in rename}},
             _families={**self._families, **{f + tag: fam for f, fam in other._families.items()}},
             _family_of={**self._family_of, **{rename[m]: f + tag for m, f in other._family_of.items() if m in rename}})
 
@@ -435,6 +440,17 @@ class EvaluationResult:
             diff = float(d.mean())
             lo, hi = _interval(self._families[self._family_of[metric]].means(d), level)
         return {"diff": diff, "lo": lo, "hi": hi, "beyond_noise": bool(lo > 0 or hi < 0)}
+
+    def cut(self, variant: str, metric: str = "gender_ndkl", baseline: str = BASELINE) -> dict:
+        """How much of the baseline's value a variant removed: {"relative": 1 − v / b, and for NDKL metrics
+        "of_excess": (b − v) / (b − chance), the share of the part above a random ranking's level (1 = as fair
+        as chance; None when the baseline is not above chance)}."""
+        v, b = self.value(variant, metric), self.value(baseline, metric)
+        out = {"relative": 1 - v / b if b else None}
+        if metric in self.chance:
+            excess = b - self.chance[metric]
+            out["of_excess"] = (b - v) / excess if excess > 0 else None
+        return out
 
     def beyond_noise(self, a: str, b: str = BASELINE, metric: str = "gender_ndkl") -> bool:
         """True when the paired 95 % bootstrap interval of metric(a) − metric(b) excludes 0."""
@@ -740,6 +756,29 @@ def _synthsocial_names() -> dict:
     return {k: vocab.LABEL_NAMES[k] for k in ("occupation", "gender", "ethnicity", "age", "scene")}
 
 
+def _ndkl_groupings(p: _Protocol) -> dict[str, tuple[Any, int]]:
+    """{`{g}_ndkl` metric: (group code of each image np [n], number of groups)}, plus the intersection of all
+    groups (one code per combination, Q uniform over all of them) when there are several."""
+    import numpy as np
+
+    codes = {f"{g}_ndkl": (p.labels[g].numpy(), len(p.label_names[g])) for g in p.groups}
+    if len(p.groups) > 1:
+        joint, size = np.zeros(len(p.labels[p.groups[0]]), dtype=np.int64), 1
+        for g in p.groups:
+            joint, size = joint * len(p.label_names[g]) + p.labels[g].numpy(), size * len(p.label_names[g])
+        codes["_".join(p.groups) + "_ndkl"] = (joint, size)
+    return codes
+
+
+def _ndkl_chance_levels(p: _Protocol) -> dict[str, float]:
+    """{`*_ndkl` metric: the NDKL a random ranking scores on this gallery} (the same for every variant)."""
+    from workbench.metrics import ndkl_chance
+
+    rel = None if p.relevant is None else p.relevant.numpy()
+    return {metric: ndkl_chance(codes, n_groups=size, relevant_mask=rel)
+            for metric, (codes, size) in _ndkl_groupings(p).items()}
+
+
 def _per_query_metrics(emb: Tensor, text: Mapping[str, Tensor], p: _Protocol) -> dict[str, tuple[str, Any]]:
     """{metric: (family, per-query values np.ndarray)} for one variant's image and text embeddings."""
     import numpy as np
@@ -765,15 +804,9 @@ def _per_query_metrics(emb: Tensor, text: Mapping[str, Tensor], p: _Protocol) ->
         out["ndcg"] = ("queries", ndcg(sim, rel, return_per_query=True)["ndcg"].to_numpy())
     group_codes = {g: p.labels[g].numpy() for g in p.groups}
     sizes = {g: len(p.label_names[g]) for g in p.groups}
-    for g in p.groups:  # SISPI: over the query's class in ranking order; without a target, over every image
-        out[f"{g}_ndkl"] = ("queries", ndkl(sim, group_codes[g], n_groups=sizes[g], relevant_mask=rel,
-                                            return_per_query=True)["ndkl"].to_numpy())
-    if len(p.groups) > 1:  # the intersection: one code per combination, Q uniform over all of them
-        joint, size = np.zeros(sim.shape[1], dtype=np.int64), 1
-        for g in p.groups:
-            joint, size = joint * sizes[g] + group_codes[g], size * sizes[g]
-        out["_".join(p.groups) + "_ndkl"] = ("queries", ndkl(sim, joint, n_groups=size, relevant_mask=rel,
-                                                             return_per_query=True)["ndkl"].to_numpy())
+    for metric, (codes, size) in _ndkl_groupings(p).items():
+        out[metric] = ("queries", ndkl(sim, codes, n_groups=size, relevant_mask=rel,
+                                       return_per_query=True)["ndkl"].to_numpy())
     for g in p.groups:
         out[f"{g}_maxskew_at_{p.top_k}"] = ("queries", max_skew_at_k(
             sim, group_codes[g], k=p.top_k, n_groups=sizes[g], return_per_query=True)["max_skew"].to_numpy())
@@ -955,7 +988,8 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
     result = EvaluationResult(None, None, per_query, embeddings, base_text["queries"],
                               list(proto.prompts["queries"]), labels, paths,
                               prompt_embeddings={v.name: texts[v.name] for v in plan if v.edits_text},
-                              n_boot=n_boot, seed=seed, grouped=grouped, _families=families, _family_of=family_of)
+                              n_boot=n_boot, seed=seed, grouped=grouped, chance=_ndkl_chance_levels(proto),
+                              _families=families, _family_of=family_of)
     rows, comparisons = [], []
     for v in plan:
         for m, values in per_query[v.name].items():

@@ -297,3 +297,51 @@ def test_entropy_in_unit_interval_and_skews_straddle_zero(rng, n_items, n_groups
     assert max_skew_at_k(sim, groups, k, n_groups=n_groups) >= 0.0
     assert min_skew_at_k(sim, groups, k, n_groups=n_groups) <= 0.0
     assert kl_divergence_at_k(sim, groups, k, n_groups=n_groups) >= 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# ndkl_chance: the expected NDKL of a random ranking
+# ----------------------------------------------------------------------------------------------
+
+
+def test_ndkl_chance_equals_the_mean_over_every_permutation():
+    """Exhaustive: a pool of 7 items in 3 classes, all 7! orders scored by `ndkl` itself."""
+    import itertools
+
+    from workbench.metrics import ndkl_chance
+
+    groups = np.array([0, 0, 0, 1, 1, 2, 2])
+    q = np.array([0.5, 0.3, 0.2])
+    for k in (None, 4):
+        scores = [ndkl(None, groups, ranking=np.array(p)[None], prior=q, k=k)
+                  for p in itertools.permutations(range(groups.size))]
+        assert ndkl_chance(groups, prior=q, k=k) == pytest.approx(np.mean(scores), rel=1e-10)
+
+
+def test_ndkl_chance_matches_random_rankings_under_the_sispi_protocol():
+    """Two queries with different relevant sets (64/64 and 30/10 of 2 classes): the per-query chance level
+    agrees with the mean NDKL of 3,000 random score draws within 4 standard errors, and the two differ."""
+    from workbench.metrics import ndkl_chance
+
+    rng = np.random.default_rng(0)
+    groups = np.r_[np.zeros(64, int), np.ones(64, int), np.zeros(30, int), np.ones(10, int)]
+    mask = np.zeros((2, groups.size), bool)
+    mask[0, :128], mask[1, 128:] = True, True
+    chance = ndkl_chance(groups, relevant_mask=mask, return_per_query=True)["ndkl_chance"].to_numpy()
+    draws = np.array([ndkl(rng.random((2, groups.size)), groups, relevant_mask=mask, return_per_query=True)
+                      ["ndkl"].to_numpy() for _ in range(3000)])
+    se = draws.std(axis=0) / np.sqrt(len(draws))
+    assert np.all(np.abs(draws.mean(axis=0) - chance) < 4 * se), (draws.mean(axis=0), chance, se)
+    assert chance[1] > chance[0] + 0.05  # an unbalanced pool's chance level against a uniform Q is higher
+    assert ndkl_chance(groups, relevant_mask=mask) == pytest.approx(chance.mean())
+
+
+def test_ndkl_chance_bad_input():
+    from workbench.metrics import ndkl_chance
+
+    with pytest.raises(ValueError, match="relevant_mask has shape"):
+        ndkl_chance(np.array([0, 1, 0, 1]), relevant_mask=np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match="query 1 has no relevant item"):
+        ndkl_chance(np.array([0, 1, 0, 1]), relevant_mask=np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool))
+    with pytest.raises(ValueError, match="n_groups"):
+        ndkl_chance(np.zeros(5, int))

@@ -2,7 +2,7 @@
 docstring gives the formula). Pure helpers: they import nothing from the other workbench layers.
 
 - :mod:`~workbench.metrics.retrieval`: ``rank`` (the ranking every metric uses), Recall@K, mAP, NDCG.
-- :mod:`~workbench.metrics.fairness`: retrieval fairness: NDKL, KL@k, MaxSkew / MinSkew@k,
+- :mod:`~workbench.metrics.fairness`: retrieval fairness: NDKL (and its chance level), KL@k, MaxSkew / MinSkew@k,
   normalized entropy@k, Bias@K.
 - :mod:`~workbench.metrics.scores`: AUROC, average precision and PR curves, vectorised over units.
 - :mod:`~workbench.metrics.units`: ``unit_scores``, the AUROC / AP of every activation coordinate
@@ -27,6 +27,7 @@ from workbench.metrics.fairness import (
     max_skew_at_k,
     min_skew_at_k,
     ndkl,
+    ndkl_chance,
     normalized_entropy_at_k,
     skew_table,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "ndcg",
     # retrieval fairness
     "ndkl",
+    "ndkl_chance",
     "kl_divergence_at_k",
     "skew_table",
     "max_skew_at_k",

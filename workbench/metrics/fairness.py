@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pandas is imported where used: it costs ~0.4 s at import ti
 
 __all__ = [
     "ndkl",
+    "ndkl_chance",
     "kl_divergence_at_k",
     "skew_table",
     "max_skew_at_k",
@@ -226,6 +227,76 @@ def ndkl(
             kept = kept[: _check_k(k, kept.size, f"relevant items of query {qi}")]
         values[qi] = _ndkl_one(g[kept], q)
     return _result(values, "ndkl", return_per_query)
+
+
+def _ndkl_chance_one(counts: np.ndarray, n: int, q: np.ndarray) -> float:
+    """Expected NDKL of the first n items of a uniformly random order of a pool with class counts ``[G]``.
+
+    The top-i count of class g is hypergeometric (pool m, K_g successes, i draws), and KL is a sum over
+    classes, so E[KL(P_top-i ‖ Q)] = Σ_g Σ_c Hyp(c; m, K_g, i) · (c/i) ln(c / (i q_g)): exact, no sampling.
+    """
+    from scipy.stats import hypergeom
+
+    m = int(counts.sum())
+    i = np.arange(1, n + 1, dtype=np.float64)
+    expected_kl = np.zeros(n)
+    for kg, qg in zip(counts, q):
+        if kg == 0:
+            continue
+        c = np.arange(1, kg + 1, dtype=np.float64)  # c = 0 contributes nothing
+        pmf = hypergeom.pmf(c[None, :], m, kg, i[:, None])  # [n, K_g]
+        p = c[None, :] / i[:, None]
+        expected_kl += (pmf * p * np.log(p / qg)).sum(axis=1)
+    w = 1.0 / np.log2(i + 1.0)
+    return float((w * expected_kl).sum() / w.sum())
+
+
+def ndkl_chance(
+    groups: Any,
+    *,
+    k: int | None = None,
+    prior: Any = "uniform",
+    n_groups: int | None = None,
+    relevant_mask: Any = None,
+    return_per_query: bool = False,
+):
+    """The NDKL a uniformly random ranking scores in expectation: the chance level to read `ndkl` against.
+
+    NDKL is not 0 for an unbiased ranker: the first few items of any ranking are one class or two, and
+    the 1/log2(i + 1) weights put much of the score there. On 256 relevant items split 128/128 a random
+    order scores about 0.034, on 128 items about 0.057, so a measured NDKL only says something beyond
+    that level, and a debiasing method cannot cut it below it (except by interleaving the groups).
+    Computed exactly from hypergeometric top-i counts (no sampling); depends only on the group counts.
+
+    Args: as `ndkl` (no scores needed). ``relevant_mask`` ``[n_queries, n_items]``: each query's ranked
+    list is its relevant items (SISPI protocol); without it there is one list, the whole pool.
+    Returns the mean over queries (or a DataFrame ``query, ndkl_chance``).
+    """
+    g, n_groups = _pool_groups(groups, n_groups, prior, "ndkl_chance")
+    q = _target(prior, g, n_groups)
+    if relevant_mask is None:
+        masks = np.ones((1, g.size), dtype=bool)
+    else:
+        masks = _to_numpy(relevant_mask, "relevant_mask")
+        masks = masks[None, :] if masks.ndim == 1 else masks
+        if masks.ndim != 2 or masks.shape[1] != g.size:
+            raise ValueError(f"relevant_mask has shape {masks.shape}; expected [n_queries, n_items={g.size}]")
+        if masks.dtype != bool and not np.isin(masks, (0, 1)).all():
+            raise ValueError("relevant_mask must be boolean (or 0/1)")
+        masks = masks.astype(bool, copy=False)
+    cache: dict[tuple, float] = {}  # queries with the same class counts share one value
+    values = np.empty(masks.shape[0])
+    for qi, mask in enumerate(masks):
+        counts = np.bincount(g[mask], minlength=n_groups)
+        m = int(counts.sum())
+        if m == 0:
+            raise ValueError(f"query {qi} has no relevant item; NDKL is undefined for it")
+        n = m if k is None else _check_k(k, m, f"relevant items of query {qi}")
+        key = (tuple(counts.tolist()), n)
+        if key not in cache:
+            cache[key] = _ndkl_chance_one(counts, n, q)
+        values[qi] = cache[key]
+    return _result(values, "ndkl_chance", return_per_query)
 
 
 # ----------------------------------------------------------------------------------------------
