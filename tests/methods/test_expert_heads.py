@@ -359,6 +359,29 @@ def test_variant_names_and_edits(gender, ethnicity):
     assert all(torch.equal(e.value, ethnicity.prototypes["neutral"][(e.layer, e.head)]) for e in inter[len(ap):])
 
 
+def test_head_count_sweep(gender):
+    """sweep=(1, 4, 20): the top k of each ranking (k capped at the 8 heads of the layer), neutral prototype; the
+    top-3 selection's own variant is not duplicated."""
+    table = gender.table
+    by_attr = [(5, int(h)) for h in table.sort_values("attribution", ascending=False)["head"]]
+    by_ap = [(5, int(h)) for h in table.sort_values("ap", ascending=False)["head"]]
+    assert gender.ranked("bias_attribution") == by_attr and gender.ranked("probe_ap") == by_ap
+    variants = expert_variants(gender, sweep=(1, 4, 20, 3), single_heads=False)
+    for tag, ranked in (("attribution", by_attr), ("ap", by_ap)):
+        for k in (1, 3, 4, 8):
+            edits = variants[f"{tag}_top{k}_neutral"]
+            assert [(e.layer, e.head, e.op) for e in edits] == [(l, h, "replace") for l, h in ranked[:k]]
+            assert all(torch.equal(e.value, gender.prototypes["neutral"][(e.layer, e.head)]) for e in edits)
+    assert not any(name.endswith("top20_neutral") for name in variants)
+    assert list(variants).count("ap_top3_neutral") == 1
+    with pytest.raises(ValueError, match="sweep must be a sequence of positive head counts"):
+        expert_variants(gender, sweep=(0, 2))
+    with pytest.raises(ValueError, match="sweep must be a sequence of positive head counts"):
+        expert_variants(gender, sweep=4)
+    with pytest.raises(ValueError, match="unknown selection 'x'"):
+        gender.ranked("x")
+
+
 def test_intersectional_combinations_and_class_names(gender, ethnicity):
     variants = expert_variants(gender, intersect=ethnicity, single_heads=False)
     combos = [v for v in variants if v.startswith("intersectional_gender_ethnicity_ap_") and not v.endswith("neutral")]

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.viz import plot_expert_heads, plot_metric_bars, plot_neuron_ap, plot_retrieval_gallery
+from workbench.viz import plot_expert_heads, plot_head_sweep, plot_metric_bars, plot_neuron_ap, plot_retrieval_gallery
 
 
 def _heads():
@@ -46,6 +46,22 @@ def test_metric_bars_with_intervals():
     np.testing.assert_allclose(mAP.y, [0.9, 0.88])
     with pytest.raises(ValueError, match=r"none of the metrics is in the table; it has \['gender_ndkl', 'map'\]"):
         plot_metric_bars(table, ["recall_at_1"])
+
+
+def test_head_sweep_lines_start_at_the_baseline():
+    names = ["baseline", "ap_top1_neutral", "ap_top4_neutral", "attribution_top2_neutral", "ap_top4_zero"]
+    table = pd.DataFrame({"variant": names, "metric": ["gender_ndkl"] * 5, "value": [0.10, 0.09, 0.12, 0.06, 0.2],
+                          "lo": [0.08, 0.07, 0.1, 0.05, 0.1], "hi": [0.12, 0.1, 0.13, 0.08, 0.3]})
+    fig = plot_head_sweep(table, "gender_ndkl", chance=0.035)
+    attribution, ap = fig.data
+    assert list(attribution.x) == [0, 2] and list(attribution.y) == [0.10, 0.06]
+    assert list(ap.x) == [0, 1, 4] and list(ap.y) == [0.10, 0.09, 0.12]  # "ap_top4_zero" is not a sweep point
+    np.testing.assert_allclose(ap.error_y.arrayminus, [0.02, 0.02, 0.02])
+    assert fig.layout.shapes[0].y0 == 0.035  # the chance line
+    with pytest.raises(ValueError, match="no .*_top\\{k\\}_neutral variants"):
+        plot_head_sweep(table[table["variant"].isin(["baseline", "ap_top4_zero"])], "gender_ndkl")
+    with pytest.raises(ValueError, match="no 'map' row for the baseline"):
+        plot_head_sweep(table, "map")
 
 
 def test_retrieval_gallery():

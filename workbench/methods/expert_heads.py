@@ -344,6 +344,14 @@ class ExpertHeadsFinding:
         k = len(self.selections[name])
         return f"{'ap' if name == 'probe_ap' else 'attribution'}_top{k}"
 
+    def ranked(self, selection: str) -> list[Head]:
+        """Every head of the chosen layers, best first by the score of `selection` ("probe_ap": held-out AP,
+        "bias_attribution"): `top_k(k)` takes the first k of this list."""
+        if selection not in self.selections:
+            raise ValueError(f"unknown selection {selection!r}; choose one of {list(self.selections)}")
+        by = "ap" if selection == "probe_ap" else "bias_attribution"
+        return top_k(len(self.table), by=by).pick(self.table)
+
     def expert_neurons(self, threshold: float = NEURON_AP, selection: str = "probe_ap") -> list[tuple[int, int, int]]:
         """(layer, head, neuron) of the coordinates with AP > threshold inside the heads of `selection`
         (the paper: neurons of the expert heads with AP > 0.42)."""
@@ -592,6 +600,19 @@ def _head_variants(finding: ExpertHeadsFinding, selection: str, factor: float) -
     return out
 
 
+def _sweep_variants(finding: ExpertHeadsFinding, sizes: Sequence[int]) -> dict:
+    """{ap|attribution}_top{k}_neutral for each k in `sizes` (capped at the heads of the chosen layers): how the
+    effect grows with the number of heads neutralised, by either ranking."""
+    from workbench.primitives import ablate_heads
+
+    out = {}
+    for selection, tag in (("bias_attribution", "attribution"), ("probe_ap", "ap")):
+        ranked = finding.ranked(selection)
+        for k in sorted({min(int(k), len(ranked)) for k in sizes}):
+            out[f"{tag}_top{k}_neutral"] = ablate_heads(ranked[:k], op="replace", value=finding.prototypes["neutral"])
+    return out
+
+
 def _neuron_values(finding: ExpertHeadsFinding, neurons, key) -> dict:
     proto = finding.prototypes[key]
     return {(l, h, i): float(proto[(l, h)][i]) for l, h, i in neurons}
@@ -635,7 +656,7 @@ def _intersectional_variants(a: ExpertHeadsFinding, b: ExpertHeadsFinding, selec
 
 def expert_variants(finding: ExpertHeadsFinding, *, intersect: Sequence[ExpertHeadsFinding] = (),
                     factor: float = DAMPING, neuron_threshold: float = NEURON_AP, single_heads: bool = True,
-                    combinations: bool = True) -> dict:
+                    combinations: bool = True, sweep: Sequence[int] = ()) -> dict:
     """Every intervention of the method on `finding`'s experts, as {readable name: Intervention}.
 
     For each selection (tag "ap_top3", "attribution_top3", "ap_above0.9", ...):
@@ -644,6 +665,8 @@ def expert_variants(finding: ExpertHeadsFinding, *, intersect: Sequence[ExpertHe
     Neurons (coordinates with AP > neuron_threshold inside the probe-AP experts; none → no variant):
       neurons_ap{t}_neutral, neurons_ap{t}_{class}, neurons_ap{t}_damp{factor}.
     single_heads: head_L{l}H{h}_neutral for every head of either selection.
+    sweep: head counts k (e.g. (1, 2, 4, 6, 8)): {ap|attribution}_top{k}_neutral, the top k of each ranking
+      (`finding.ranked`) with the neutral prototype, to see how many heads the effect needs.
     intersect: findings for other attributes (e.g. ethnicity): intersectional_{a}_{b}_{ap|attribution}_neutral
       and, with combinations, _{class_a}_{class_b} (the paper's "Male+White"): a's heads get a's prototype,
       b's heads (those not in a's set) b's. All edits act on `blocks.{l}.attn.hook_cls_result` at the pooled
@@ -657,6 +680,8 @@ def expert_variants(finding: ExpertHeadsFinding, *, intersect: Sequence[ExpertHe
     if isinstance(neuron_threshold, bool) or not isinstance(neuron_threshold, (int, float)) \
             or not 0 <= neuron_threshold < 1:
         raise ValueError(f"neuron_threshold must be an AP in [0, 1), got {neuron_threshold!r}")
+    if isinstance(sweep, (int, str)) or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in sweep):
+        raise ValueError(f"sweep must be a sequence of positive head counts, e.g. (1, 2, 4, 6), got {sweep!r}")
     if isinstance(intersect, ExpertHeadsFinding):
         intersect = [intersect]
     for other in intersect:
@@ -670,6 +695,8 @@ def expert_variants(finding: ExpertHeadsFinding, *, intersect: Sequence[ExpertHe
     for selection in ("bias_attribution", "probe_ap"):
         variants.update(_head_variants(finding, selection, factor))
     variants.update(_neuron_variants(finding, neuron_threshold, factor))
+    for name, iv in _sweep_variants(finding, sweep).items():
+        variants.setdefault(name, iv)  # top-k of the selection itself is already there
     if single_heads:
         for l, h in dict.fromkeys(finding.selections["bias_attribution"] + finding.selections["probe_ap"]):
             variants[f"head_L{l}H{h}_neutral"] = ablate_heads([(l, h)], op="replace",

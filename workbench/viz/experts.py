@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Optional
 
-__all__ = ["plot_expert_heads", "plot_neuron_ap", "plot_metric_bars", "plot_retrieval_gallery"]
+__all__ = ["plot_expert_heads", "plot_neuron_ap", "plot_metric_bars", "plot_head_sweep", "plot_retrieval_gallery"]
 
 
 def _require(table, columns: Sequence[str], what: str) -> None:
@@ -105,6 +105,45 @@ def plot_metric_bars(table, metrics: Sequence[str], variants: Optional[Sequence[
         if baseline in rows.index:
             fig.add_hline(y=float(rows.loc[baseline, "value"]), line_dash="dot", line_color="#888", row=r, col=1)
     fig.update_layout(title=title or "metrics before / after (95 % intervals)", height=260 * len(metrics) + 120)
+    return fig
+
+
+def plot_head_sweep(table, metric: str, baseline: str = "baseline", chance: Optional[float] = None,
+                    title: Optional[str] = None):
+    """`metric` against the number of heads neutralised, one line per ranking ("ap", "attribution"), with 95 %
+    intervals: the `{ranking}_top{k}_neutral` variants of `expert_variants(..., sweep=...)`, k = 0 being the
+    baseline; a dotted line at `chance` (e.g. `EvaluationResult.chance[metric]`, a random ranking's NDKL).
+
+    table: tidy rows with variant, metric, value, lo, hi (the evaluation runner's table)."""
+    import re
+
+    import plotly.graph_objects as go
+
+    _require(table, ["variant", "metric", "value", "lo", "hi"], "the metric table")
+    rows = table[table["metric"] == metric].set_index("variant")
+    if baseline not in rows.index:
+        raise ValueError(f"the table has no {metric!r} row for the baseline {baseline!r}")
+    fig = go.Figure()
+    for ranking, colour in (("attribution", "#dc3912"), ("ap", "#3366cc")):
+        points = sorted((int(m.group(1)), v) for v in rows.index
+                        if (m := re.fullmatch(rf"{ranking}_top(\d+)_neutral", v)))
+        if not points:
+            continue
+        ks, names = [0] + [k for k, _ in points], [baseline] + [v for _, v in points]
+        r = rows.loc[names]
+        fig.add_trace(go.Scatter(x=ks, y=r["value"], mode="lines+markers", name=f"top-k by {ranking}",
+                                 line_color=colour, text=names,
+                                 error_y={"type": "data", "symmetric": False, "array": (r["hi"] - r["value"]).tolist(),
+                                          "arrayminus": (r["value"] - r["lo"]).tolist()},
+                                 hovertemplate="%{text}: %{y:.4f}<extra></extra>"))
+    if not fig.data:
+        raise ValueError("the table has no {ap|attribution}_top{k}_neutral variants; run expert_variants(..., sweep=...)")
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dot", line_color="#888",
+                      annotation_text="random ranking", annotation_position="bottom right")
+    fig.update_layout(title=title or f"{metric} vs heads neutralised (95 % intervals)",
+                      xaxis_title="heads replaced by the neutral prototype (0 = baseline)", yaxis_title=metric,
+                      height=420)
     return fig
 
 
