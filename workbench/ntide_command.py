@@ -7,7 +7,7 @@ with the fairness metrics, write a report.
 Data (docs/ntide.md):
 - "synthsocial": train on SynthSocial `train` (the first `n_train` images, default 2,000), score on
   `test_balanced` (2,048 images, every occupation × gender × ethnicity cell equal). Default task: target
-  occupation, group gender — `train` ties gender to occupation (P(female | occupation) 0.9 or 0.1), so a model
+  occupation, group gender — `train` ties gender to occupation (P(female | occupation) 0.94 or 0.06), so a model
   that leans on gender to recognise an occupation shows gaps on the balanced test split. Students train 2 epochs
   there: a from-scratch CNN reaches 100 % training accuracy by epoch 3 and, trained longer, shows no gap left to
   close; after 2 epochs the gap is measurable (docs/ntide.md, "Result on SynthSocial").

@@ -37,9 +37,12 @@ _STREAM = {"occupation": 0, "gender": 1, "ethnicity": 2, "age": 3, "scene": 4, "
 
 
 def _default_female_prob() -> dict[str, float]:
-    # Planted skew, 0.9 / 0.1 in both directions (0.8 / 0.2 gave only mild bias after training).
-    return {"doctor": 0.1, "nurse": 0.9, "chef": 0.9, "firefighter": 0.1,
-            "engineer": 0.1, "teacher": 0.9, "farmer": 0.9, "pilot": 0.1}
+    # Planted skew, 0.94 / 0.06 in both directions. The trained model's retrieval bias must stand well above
+    # chance: with 0.9 / 0.1 its gender NDKL on test_balanced was 0.062 against 0.035 for a random ranking (0.8 / 0.2
+    # gave less); 0.94 gives 0.123. Stronger skews cost the gender probe on the embeddings (0.95: 0.906,
+    # 0.98: 0.81 against its 0.9 target), because gender becomes redundant with the occupation.
+    return {"doctor": 0.06, "nurse": 0.94, "chef": 0.94, "firefighter": 0.06,
+            "engineer": 0.06, "teacher": 0.94, "farmer": 0.94, "pilot": 0.06}
 
 
 def _default_ethnicity_skew() -> dict[str, tuple[str, float]]:
