@@ -159,6 +159,10 @@ def write_tables(out: Path, result, title: str, note: str = "") -> tuple[dict, d
     for m in md.columns:
         beyond = set(noisy[(noisy["metric"] == m) & noisy["beyond_noise"]]["variant"])
         md[m] = [f"{v} *" if name in beyond else v for name, v in zip(md.index, md[m])]
+    chance = getattr(result, "chance", {}) or {}
+    if chance:  # NDKL is not 0 for a fair ranker: say where a random ranking lands on this gallery
+        note = (f"Chance level (a random ranking's expected NDKL on this gallery): "
+                f"{', '.join(f'{m} {v:.4f}' for m, v in chance.items())}. {note}").strip()
     header = (f"# {title}\n\nvalue [95 % bootstrap interval]; * = the paired difference to the baseline is beyond "
               f"noise (its 95 % interval excludes 0).{(' ' + note) if note else ''}\n\n")
     write_text_atomic(out / "table.md", header + markdown_table(md) + "\n")

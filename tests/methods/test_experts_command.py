@@ -93,7 +93,17 @@ def test_experts_on_the_embedded_model(tmp_path):
         assert key in metrics and np.isfinite(metrics[key])
     assert all(v["path"] == "cached" for v in summary["variants"])  # last-layer edits: one cached pass
     assert summary["finding"]["layers"] == [5] and len(summary["finding"]["selections"]["probe_ap"]) == 3
-    assert set(summary["timings"]) == {"load", "find", "evaluate", "write"}
+    assert set(summary["timings"]) == {"load", "find", "evaluate", "confirm", "write"}
+    # the head-count sweep (8 heads in the last layer: k = 1, 2, 4, 6, 8 by both rankings) and its figure
+    assert {f"{r}_top{k}_neutral" for r in ("ap", "attribution") for k in (1, 2, 4, 6, 8)} <= set(names)
+    assert (out / "figures" / "head_sweep.html").exists()
+    # the chance level of each NDKL metric, and the best variant re-measured on a fresh gallery
+    assert 0 < summary["chance"]["gender_ndkl"] < summary["baseline"]["gender_ndkl"] + 0.1
+    assert "Chance level" in (out / "table.md").read_text()
+    confirmation = summary["confirmation"]
+    assert confirmation["variant"] == summary["best"] and "seed=2" in confirmation["gallery"]
+    assert confirmation["diff"] == pytest.approx(confirmation["best"]["gender_ndkl"]
+                                                 - confirmation["baseline"]["gender_ndkl"])
     from workbench.primitives import InterventionSpec
 
     seen = {v["name"]: InterventionSpec.load(out / v["spec"]).provenance["selection"] for v in summary["variants"]}
@@ -101,6 +111,7 @@ def test_experts_on_the_embedded_model(tmp_path):
     assert seen["attribution_top3_zero"] == seen["intersectional_gender_ethnicity_attribution_neutral"] == \
         "bias_attribution"
     assert seen["intersectional_gender_ethnicity_ap_male_white"] == "probe_ap"
+    assert seen["attribution_top8_neutral"] == "bias_attribution" and seen["ap_top1_neutral"] == "probe_ap"
     assert {seen[n] for n in seen if n.startswith("head_")} == {"single_head"}
 
 
