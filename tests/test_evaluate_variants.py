@@ -329,3 +329,26 @@ def test_ndkl_chance_levels_and_cut():
     assert cut["relative"] == pytest.approx(1 - v / b)
     assert cut["of_excess"] == pytest.approx((b - v) / (b - result.chance["gender_ndkl"]))
     assert "of_excess" not in result.cut("zero", "map")
+
+
+def test_forward_variants_read_the_gallery_once(monkeypatch):
+    """Variants that need a forward pass reuse the preprocessed batches of the first pass (within the memory budget),
+    with the same embeddings as a streamed run; over the budget the gallery is streamed for every pass."""
+    import workbench.evaluation as evaluation
+
+    reads = []
+    original = SynthSocial.__getitem__
+    monkeypatch.setattr(SynthSocial, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
+    model = load_clip("synthsocial")
+    gallery = SynthSocial("test_balanced", seed=0, n=128)
+    variants = {f"L{l}": ablate_heads([(l, 0)]) for l in (0, 1, 2)}  # early layers: forward passes
+    kwargs = dict(groups=("gender",), captions=False, word_lists=None, progress=False, n_boot=100, use_cache=False)
+    a = evaluate_variants(model, gallery, variants, **kwargs)
+    # each image once, + item 0 once more: the image source looks at it to tell raw images from model inputs
+    assert len(reads) == 128 + 1 and set(a.paths.values()) == {"forward"}
+    reads.clear()
+    monkeypatch.setattr(evaluation._Replay.__init__, "__defaults__", (1000,))  # nothing fits: stream every pass
+    b = evaluate_variants(model, gallery, variants, **kwargs)
+    assert len(reads) == 4 * (128 + 1)
+    for name in a.variants:
+        assert torch.equal(a.embeddings[name], b.embeddings[name]), name

@@ -621,14 +621,45 @@ def _gallery_batches(model, gallery, batch_size: int):
             raise TypeError(f"a gallery given as (images, labels) needs labels as {{key: [n] codes}}, got "
                             f"{type(labels).__name__}")
         labels = {k: torch.as_tensor(v) for k, v in labels.items()}
-        return (lambda: (model.preprocess(images[i:i + batch_size]) for i in range(0, len(images), batch_size)),
-                labels)
+        return _Replay(lambda: ((model.preprocess(images[i:i + batch_size]), None)
+                                for i in range(0, len(images), batch_size))), labels
     if not (hasattr(gallery, "__getitem__") and hasattr(gallery, "__len__")):
         raise TypeError("gallery must be a dataset yielding (image, {label: int}) (e.g. SynthSocial('test_balanced'))"
                         f" or a tuple (images [n, 3, H, W], {{label: codes}}), got {type(gallery).__name__}")
     if len(gallery) == 0:
         raise ValueError("no images to evaluate: the gallery is empty")
-    return (lambda: (x for x, _ in input_batches(model, gallery, batch_size))), None
+    return _Replay(lambda: input_batches(model, gallery, batch_size)), None
+
+
+GALLERY_CACHE_BYTES = 1 << 30  # preprocessed gallery batches kept in memory between variants, at most this much
+
+
+class _Replay:
+    """The gallery's model inputs, pass after pass. `make()` gives a fresh iterator of (inputs [b, 3, H, W], labels
+    {key: [b]} or None). The first complete pass keeps the inputs (while they fit in `budget` bytes), so every later
+    variant's forward pass reuses them instead of reading (for SynthSocial: rendering) and preprocessing each image
+    again; a gallery too big to keep is streamed each time."""
+
+    def __init__(self, make, budget: int = GALLERY_CACHE_BYTES):
+        self.make, self.budget, self.kept = make, budget, None
+
+    def __call__(self) -> Iterator[Tensor]:
+        """An iterator over the input batches."""
+        return iter(self.kept) if self.kept is not None else (x for x, _ in self.pairs())
+
+    def pairs(self) -> Iterator[tuple]:
+        """An iterator over (inputs, labels or None), read from the source (and kept if it fits)."""
+        kept, size = [], 0
+        for x, labels in self.make():
+            if kept is not None:
+                size += x.element_size() * x.nelement()
+                if size <= self.budget:
+                    kept.append(x)
+                else:
+                    kept = None
+            yield x, labels
+        if kept is not None:  # only a complete pass is kept
+            self.kept = kept
 
 
 @torch.no_grad()
@@ -919,11 +950,8 @@ def evaluate_variants(model, gallery, variants: Mapping, *, queries: Optional[Qu
         collected: dict[str, list] = {}
 
         def clean_batches():
-            if labels is not None:
-                yield from batches()
-                return
-            for x, lab in input_batches(model, gallery, batch_size):
-                for k, v in lab.items():
+            for x, lab in batches.pairs():
+                for k, v in (lab.items() if labels is None else ()):
                     collected.setdefault(k, []).append(torch.as_tensor(v))
                 yield x
 
