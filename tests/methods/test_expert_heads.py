@@ -425,8 +425,8 @@ def test_ablating_the_experts_hurts_a_gender_probe_more_than_random_heads(model)
     """A gender probe trained on clean final image embeddings (one half of a gallery) loses more accuracy on the
     other half when the selected experts are replaced by their neutral prototype than when as many random heads
     (10 seeded draws over the same layers) are. Selections from every layer (layers="all"). Measured on the
-    shipped model: probe_ap 0.928, bias_attribution 0.828, random mean 0.931, clean 0.945 (512 test images);
-    with layers="last" the probe-AP margin is below one image (0.941 vs 0.942)."""
+    shipped model: probe_ap 0.879, bias_attribution 0.781, random mean 0.901, clean 0.920 (512 test images);
+    with layers="last": probe_ap 0.902, bias_attribution 0.906, random 0.911."""
     import random
 
     from workbench.evaluation import embed_images
@@ -452,3 +452,27 @@ def test_ablating_the_experts_hurts_a_gender_probe_more_than_random_heads(model)
     for selection, heads in found.selections.items():
         assert len(heads) == 3
         assert accuracy(heads) < random_mean, selection
+
+
+@pytest.mark.slow
+def test_neutralising_the_attribution_experts_cuts_gender_ndkl_on_a_fresh_gallery(model):
+    """The method's claim on the shipped model: the best variant of `workbench experts --layers all` (the six heads
+    with the largest bias attribution, from every layer, replaced by the neutral prototype) cuts gender NDKL by at
+    least 30 % beyond noise, with mAP down ≤ 0.02 and zero-shot accuracy down ≤ 2 points. The variant was picked on
+    the command's gallery (test_balanced seed 0); this re-measures it on test_balanced seed 2, which played no part
+    in the choice. Measured: 0.0954 → 0.0420 (−56 %; chance 0.0349, so 88 % of the part above chance)."""
+    from workbench.evaluation import evaluate_variants
+    from workbench.methods.expert_heads import top_k
+    from workbench.primitives import ablate_heads
+
+    reference = SynthSocial("test_balanced", seed=1, n=1024)
+    found = find_expert_heads(model, reference, "gender", layers="all", select=top_k(6, by="bias_attribution"),
+                              progress=False)
+    heads = found.selections["bias_attribution"]
+    variant = ablate_heads(heads, op="replace", value=found.prototypes["neutral"])
+    result = evaluate_variants(model, SynthSocial("test_balanced", seed=2, n=2048), {"experts": variant},
+                               groups=("gender",), captions=False, word_lists=None, progress=False)
+    assert result.cut("experts", "gender_ndkl")["relative"] >= 0.30
+    assert result.beyond_noise("experts", "baseline", "gender_ndkl")
+    assert result.value("baseline", "map") - result.value("experts", "map") <= 0.02
+    assert result.value("baseline", "zero_shot_accuracy") - result.value("experts", "zero_shot_accuracy") <= 0.02
