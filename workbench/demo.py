@@ -129,6 +129,7 @@ def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0, with_ntide
         "best_beyond_noise": None if best is None else result.beyond_noise(best, "baseline",
                                                                            "gender_maxskew_occupations"),
         "baseline": {m: result.value("baseline", m) for m in result.metrics},
+        "chance": result.chance,
         "variants": [{"name": v, "method": comparison.method_of[v],
                       "metrics": {m: result.value(v, m) for m in result.metrics},
                       "intervals": {r.metric: [r.lo, r.hi]

@@ -101,6 +101,9 @@ def write_report(path, *, model, summary: dict, comparison, gallery, reference=N
         md[m] = [f"{v} *" if name in beyond else v for name, v in zip(md.index, md[m])]
     caption = ("maxskew / kl: over the top 100 of the gallery for occupation or stereotype prompts, uniform target; "
                "ndkl: SISPI protocol over occupation queries.")
+    if result.chance:
+        caption += (" A random ranking scores NDKL " + ", ".join(f"{m} {v:.4f}" for m, v in result.chance.items())
+                    + " on this gallery (chance level): no ranking that ignores the groups goes below it.")
     if "worst_group_accuracy" in result.metrics:
         caption += " worst_group_accuracy: zero-shot on test_spurious, the worst (chef/farmer × kitchen/field) group."
     report.table(md, caption=caption)

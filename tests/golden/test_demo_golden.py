@@ -58,6 +58,8 @@ def test_demo_compares_every_method_on_one_gallery(run):
             assert method_for_spec(spec) is get_method(spec.provenance["method"])
     assert next(v for v in comparison["variants"] if v["name"] == "sem_i")["spec"] is None  # an API call
     assert comparison["best"] in names
+    # chance level of the demo gallery's gender NDKL: 128 images per occupation, 64 of each gender
+    assert comparison["chance"]["gender_ndkl"] == pytest.approx(0.0561, abs=1e-4)
 
 
 def test_demo_writes_a_self_contained_report(run):
@@ -67,6 +69,7 @@ def test_demo_writes_a_self_contained_report(run):
     assert html.count('class="plotly-graph-div"') >= 4
     assert "<script src=" not in html and 'src="http' not in html  # plotly.js is inline: the page works offline
     assert "All methods side by side" in html and "data:image/png;base64," in html
+    assert "on this gallery (chance level)" in html
     # the paired tests, read off for the reader: SEMb cuts occupation MaxSkew beyond noise on this gallery
     sem_b = next(v for v in summary["comparison"]["variants"] if v["name"] == "sem_b")
     assert sem_b["difference_to_baseline"]["gender_maxskew_occupations"]["beyond_noise"]
