@@ -115,8 +115,10 @@ def run_demo(out_dir="runs/demo", quick: bool = False, seed: int = 0, with_ntide
     saes = _saes(model, kind, reference, out, seed, progress)
     from workbench.sem_command import vocabulary_prompts
 
+    # expert heads from every layer on the embedded model: its gender skew enters the CLS token early (docs/methods.md)
     comparison = compare_methods(model, reference, evaluation, spurious=spurious, prompts=vocabulary_prompts(model),
-                                 n_boot=500 if quick else 1000, seed=seed, progress=progress, **saes)
+                                 expert_layers="all" if kind == "synthsocial" and model.name == "synthsocial" else
+                                 "last", n_boot=500 if quick else 1000, seed=seed, progress=progress, **saes)
     shown = [m for m in ("gender_maxskew_occupations", "gender_maxskew_stereotypes", "gender_ndkl",
                          "zero_shot_accuracy", "worst_group_accuracy") if m in comparison.result.metrics]
     print(comparison.table(shown, intervals=False).to_string(float_format=lambda v: f"{v:.4f}"))

@@ -67,7 +67,7 @@ def _check_methods(methods) -> tuple[str, ...]:
 def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, attribute: str = "gender",
                     methods: Sequence[str] = METHODS, sem_sae="synthsocial/text-embed",
                     image_sae="synthsocial/image-resid-last", text_sae=None, text_search=None, alpha: float = 0.6,
-                    tau: Optional[float] = None, spurious_attribute: str = "scene",
+                    tau: Optional[float] = None, expert_layers="last", spurious_attribute: str = "scene",
                     spurious_classes: Sequence[str] = ("kitchen", "field"), top_k: int = 100, n_boot: int = 1000,
                     seed: int = 0, batch_size: int = 256, progress: bool = True) -> MethodComparison:
     """Fit every method in `methods` and evaluate all their variants together.
@@ -80,7 +80,8 @@ def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, a
     text_sae: SAEs at the last block of each tower for DebiasLens (no text SAE: image side only); text_search:
     (prompts, {attribute: codes, −1 = not labelled}, {attribute: group names}) the text-side search runs on
     (default: the reference images' SynthSocial captions); alpha: its blend; tau: its "consistently active"
-    threshold (default: `find_social_neurons`'s).
+    threshold (default: `find_social_neurons`'s). expert_layers: where expert heads are searched ("last", the
+    paper's choice for large CLIPs; "all" on small models, where gender reaches the CLS token early).
     """
     import time
 
@@ -102,7 +103,8 @@ def compare_methods(model, reference, gallery, *, spurious=None, prompts=None, a
 
         start = time.perf_counter()
         has_target = "occupation" in getattr(reference, "label_names", {})
-        finding = find_expert_heads(model, reference, attribute, seed=seed, batch_size=batch_size, progress=progress,
+        finding = find_expert_heads(model, reference, attribute, layers=expert_layers, seed=seed,
+                                    batch_size=batch_size, progress=progress,
                                     target="occupation" if has_target else None,
                                     queries=None if has_target else list(prompts.occupations))
         found = expert_variants(finding, single_heads=False)
