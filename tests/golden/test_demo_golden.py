@@ -58,6 +58,8 @@ def test_demo_compares_every_method_on_one_gallery(run):
             assert method_for_spec(spec) is get_method(spec.provenance["method"])
     assert next(v for v in comparison["variants"] if v["name"] == "sem_i")["spec"] is None  # an API call
     assert comparison["best"] in names
+    experts = next(v for v in comparison["variants"] if v["name"] == "experts_attribution_top3_neutral")
+    assert InterventionSpec.load(out / experts["spec"]).provenance["layers"] == "0,1,2,3,4,5"  # every layer
     # chance level of the demo gallery's gender NDKL: 128 images per occupation, 64 of each gender
     assert comparison["chance"]["gender_ndkl"] == pytest.approx(0.0561, abs=1e-4)
 
