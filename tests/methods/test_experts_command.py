@@ -49,6 +49,10 @@ def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
     assert "expected 'synthsocial' or KIND:DIR" in capsys.readouterr().err
     assert main(["experts", "--layers", "first", "--out", str(tmp_path / "b")]) == 2
     assert "--layers must be 'last', 'all' or comma-separated layer indices" in capsys.readouterr().err
+    for bad in ("2,x", "0,2"):
+        assert main(["experts", "--sweep", bad, "--out", str(tmp_path / "d")]) == 2
+        assert "--sweep must be comma-separated positive head counts (e.g. 1,2,4,6) or 'none'" in \
+            capsys.readouterr().err
     assert main(["experts", "--attribute", "religion", "--n-images", "64", "--quiet", "--out",
                  str(tmp_path / "c")]) == 2
     assert "the synthsocial data has no label 'religion'; choose --attribute from ['age'," in capsys.readouterr().err
