@@ -3,6 +3,7 @@ SAE as a separate pass), at the image embedding and at the last block; specs rou
 import json
 
 import pytest
+import torch
 
 from tests.dashboards.conftest import evaluate
 from tests.tolerance import assert_fp32_close
@@ -10,6 +11,7 @@ from workbench.dashboards import NeuronState
 from workbench.primitives import InterventionSpec
 from workbench.saes import load_sae
 from workbench.saes.io import resolve_sae_path
+from workbench.saes.stats import LatentStats
 
 SAES = {"embed": "synthsocial/image-embed", "tail": "synthsocial/image-resid-last"}
 
@@ -86,8 +88,14 @@ def test_latent_browsing_tables(embed_state):
     table = embed_state.latent_ap()
     assert list(table.columns[:3]) == ["latent", "auroc", "ap"] and len(table) == 512
     assert table["ap"].is_monotonic_decreasing
-    # the best latent separates the genders: its AP is well above chance (half the gallery is female)
-    assert table["ap"].iloc[0] > 0.75
+    # the best latent separates the genders: its AP is well above the best AP any of the 512 latents reaches by
+    # chance (the same latents scored against shuffled gender labels; about 0.57 on this 256-image gallery)
+    stats, generator = embed_state.stats, torch.Generator().manual_seed(0)
+    chance = []
+    for _ in range(20):
+        shuffled = {**stats.labels, "gender": stats.labels["gender"][torch.randperm(stats.n, generator=generator)]}
+        chance.append(float(LatentStats(stats.acts, shuffled, stats.label_names).ap("gender")["ap"].max()))
+    assert table["ap"].iloc[0] > max(chance) + 0.05
 
 
 def test_bad_input(model, gallery, protocol, embed_state, tmp_path):
