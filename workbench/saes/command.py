@@ -37,7 +37,7 @@ an idle core) and the wall time it took on the shared, loaded 2-core development
 latents with the highest gender / ethnicity AP.
 
 Not shipped: an SAE on the last text block (`text.blocks.2.hook_resid_post`). Trained like `image-resid-last` on
-the train captions (only 991 distinct strings), 16–27 % of its latents never fire on the `test_balanced`
+the train captions (only 955 distinct strings), 14–27 % of its latents never fire on the `test_balanced`
 captions in every setting tried, above the 10 % target. Train one with `workbench.saes.train_sae` if needed.
 """
 

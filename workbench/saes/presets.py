@@ -87,7 +87,7 @@ class ShippedRecipe:
 
 # Narrower than the presets' ×32 / ×8 and with sae_lens's default aux-K weight (1.0) on the residual sites: on
 # this small synthetic model, wider SAEs leave more than 10 % of their latents dead on test_balanced (measured:
-# sem ×8 10.6 %, ×32 72 %; debiaslens ×8 69 %, ×4 with aux-K 1.0 14 %).
+# sem ×8 15.4 %, ×32 73 %; debiaslens ×8 69 %, ×4 with aux-K 1.0 15.2 %).
 _NARROW = {"expansion": 2, "aux_coefficient": 1.0}
 SHIPPED: dict[str, ShippedRecipe] = {r.name: r for r in [
     ShippedRecipe("synthsocial/image-embed", "hook_image_embed", "pooled", "sem", "images", 10_000, 600, 512,
@@ -98,9 +98,10 @@ SHIPPED: dict[str, ShippedRecipe] = {r.name: r for r in [
                   10_000, 800, 1024, _NARROW),
 ]}
 # Not shipped: the last text block ("synthsocial/text-resid-last", text.blocks.2.hook_resid_post at the EOT token).
-# Trained like image-resid-last on the train captions (991 distinct strings), 16-27 % of its latents never fire
-# on the test_balanced captions (measured: ×2 / ×1, aux-K 1.0, 600-1500 steps, also on all 1,299 caption
-# fillings), above the 10 % target: the text tower's few distinct inputs cannot keep a dictionary alive.
+# Trained like image-resid-last on the train captions (955 distinct strings), 14-25 % of its latents never fire
+# on the test_balanced captions (measured: ×1 / ×2, aux-K 1.0, 800 steps; on the model trained with the earlier
+# 0.9 / 0.1 skew 16-27 % over 600-1500 steps and all 1,299 caption fillings), above the 10 % target: the text
+# tower's few distinct inputs cannot keep a dictionary alive.
 
 
 def get_recipe(name: str) -> ShippedRecipe:
