@@ -114,8 +114,8 @@ def test_label_names_follow_the_data_contract():
 # --------------------------------------------------------------------------- planted skews
 def test_train_gender_skew_matches_config(big_train_labels):
     labels = big_train_labels
-    expected_female = {"doctor": 0.1, "nurse": 0.9, "chef": 0.9, "firefighter": 0.1,
-                       "engineer": 0.1, "teacher": 0.9, "farmer": 0.9, "pilot": 0.1}  # the documented defaults
+    expected_female = {"doctor": 0.06, "nurse": 0.94, "chef": 0.94, "firefighter": 0.06,
+                       "engineer": 0.06, "teacher": 0.94, "farmer": 0.94, "pilot": 0.06}  # the documented defaults
     for occ, p in expected_female.items():
         assert conditional(labels, "gender", 1, "occupation", OCC[occ]) == pytest.approx(p, abs=0.025)
     counts = torch.bincount(labels["occupation"], minlength=8).float() / len(labels["occupation"])
