@@ -97,6 +97,29 @@ def test_group_rates_by_hand():
         assert r.selection_rate == pytest.approx(HAND_PR[r._1, r.group])
 
 
+@pytest.mark.parametrize("labels", ["ints", "strings"])
+def test_group_rates_from_counts_equals_the_fairlearn_route(labels):
+    """One column of groups is counted directly (fast); the result equals fairlearn's MetricFrame route, including
+    a class with no positives in a group (TPR NaN) and a group where every sample is of one class (FPR NaN)."""
+    import pandas as pd
+
+    from workbench.metrics.classification import _group_rates_fairlearn
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)
+    pred = np.where(rng.random(300) < 0.7, y, rng.integers(0, 4, 300))
+    g = rng.integers(0, 3, 300)
+    y[g == 2] = np.where(y[g == 2] == 3, 0, y[g == 2])  # group 2 has no positives of class 3
+    y[:5], g[:5] = 1, 7  # group 7: five samples, all of class 1 (no negatives for class 1)
+    if labels == "strings":
+        g = np.array([f"g{v}" for v in g], dtype=object)
+    fast = group_rates(y, pred, g)
+    slow = _group_rates_fairlearn(y, pred, g, [0, 1, 2, 3])
+    assert fast["tpr"].isna().sum() >= 1 and fast["fpr"].isna().sum() >= 1
+    pd.testing.assert_frame_equal(fast, slow, check_dtype=False)
+    assert list(fast["group"]) == list(slow["group"])
+
+
 def test_eop_eo_dp_by_hand():
     # EOp: every class has a TPR gap of 1/2
     assert equal_opportunity_difference(Y_TRUE, Y_PRED, GROUPS) == pytest.approx(0.5)
