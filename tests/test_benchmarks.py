@@ -9,7 +9,7 @@ from benchmarks.run import discover, main, markdown
 def test_every_bench_module_is_discovered():
     names = discover()
     assert {"hooked_vs_native", "head_contributions", "cold_start", "probe", "sae_train", "variants",
-            "extract_memory", "embedded_load", "input_checks", "synthsocial"} <= set(names)
+            "extract_memory", "embedded_load", "input_checks", "synthsocial", "fairness_report"} <= set(names)
     assert names["cold_start"] == "benchmarks.bench_cold_start"
 
 
