@@ -26,12 +26,13 @@ from typing import Optional
 import torch
 
 from workbench.data.base import dataset_labels
+from workbench.method_report import UTILITY_BUDGET
 
 __all__ = ["run_debiaslens", "bias_score", "TOWERS", "BEST_ZERO_SHOT_DROP", "image_side_sae",
            "text_side_sae", "text_search_data"]
 
 TOWERS = ("image", "text", "both")
-BEST_ZERO_SHOT_DROP = 0.02  # the target: zero-shot accuracy down at most 2 points
+BEST_ZERO_SHOT_DROP = UTILITY_BUDGET  # the target: zero-shot accuracy down at most 2 points
 N_REFERENCE_SYNTH = 1024
 N_TEXT_TRAIN_SYNTH = 4000  # SynthSocial train captions for a text SAE trained here
 SAE_STEPS = 300  # an SAE trained here: steps × 1024 rows (seconds on the embedded model)
@@ -290,7 +291,8 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
     """
     from workbench.evaluation import evaluate_variants
     from workbench.files import check_writable_dir, write_json_atomic, write_text_atomic
-    from workbench.method_report import model_ref, parse_data, thumbnail, write_figure, write_tables
+    from workbench.method_report import (lowest_within_budget, model_ref, parse_data, thumbnail, write_figure,
+                                         write_tables)
     from workbench.methods.debiaslens import (
         ALPHAS,
         ATTRIBUTES,
@@ -444,11 +446,9 @@ def run_debiaslens(out_dir, *, model=None, model_name: str = "synthsocial", pret
     names = [v for v in result.variants if v != "baseline"]
     sweep_names = [v for v in sweep_metrics if v != "baseline"]
     every = {**sweep_metrics, **metrics}
-    candidates = {v: every[v] for v in [*names, *sweep_names]
-                  if v.startswith("debiaslens_") and bias_score(every[v], groups) is not None
-                  and ("zero_shot_accuracy" not in every[v] or baseline["zero_shot_accuracy"]
-                       - every[v]["zero_shot_accuracy"] <= BEST_ZERO_SHOT_DROP + 1e-12)}
-    best = min(candidates, key=lambda v: bias_score(candidates[v], groups), default=None)
+    candidates = {v: every[v] for v in [*names, *sweep_names] if v.startswith("debiaslens_")}
+    best = lowest_within_budget(baseline, candidates, lambda m: bias_score(m, groups),
+                                {"zero_shot_accuracy": BEST_ZERO_SHOT_DROP})
     if best is not None and bias_score(candidates[best], groups) >= (bias_score(baseline, groups) or 0.0):
         best = None  # nothing lowers bias within the utility budget
     summary = {

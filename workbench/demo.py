@@ -20,7 +20,6 @@ import torch
 
 TOP_HEADS = 3
 GROUPS = ("gender", "ethnicity")
-BEST_ZERO_SHOT_DROP = 0.02  # the best variant may cost at most 2 points of zero-shot accuracy
 SAE_STEPS = 300  # SEM's SAE, trained here for a model without shipped SAEs (steps × 256 prompts)
 
 
@@ -34,12 +33,11 @@ def _print_metrics(columns: dict) -> None:
 def _best(result, attribute: str = "gender") -> Optional[str]:
     """Lowest `{attribute}_maxskew_occupations` among variants whose zero-shot accuracy (where the gallery has a
     target label) drops ≤ 2 points."""
-    key = f"{attribute}_maxskew_occupations"
-    ok = [v for v in result.variants if v != "baseline"]
-    if "zero_shot_accuracy" in result.metrics:  # a gallery without a target label has no utility to keep
-        base_zs = result.value("baseline", "zero_shot_accuracy")
-        ok = [v for v in ok if base_zs - result.value(v, "zero_shot_accuracy") <= BEST_ZERO_SHOT_DROP + 1e-12]
-    return min(ok, key=lambda v: result.value(v, key), default=None)
+    from workbench.method_report import UTILITY_BUDGET, lowest_within_budget
+
+    metrics = {v: {m: result.value(v, m) for m in result.metrics} for v in result.variants}
+    return lowest_within_budget(metrics.pop("baseline"), metrics, f"{attribute}_maxskew_occupations",
+                                {"zero_shot_accuracy": UTILITY_BUDGET})
 
 
 def _save_specs(out, comparison) -> dict:

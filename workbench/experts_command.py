@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Optional
 
 
-from workbench.method_report import (add_model_args, halves, load_real, model_ref, parse_data, thumbnail,
-                                     write_figure, write_tables)
+from workbench.method_report import (UTILITY_BUDGET, add_model_args, halves, load_real, lowest_within_budget,
+                                     model_ref, parse_data, thumbnail, write_figure, write_tables)
 
 __all__ = ["run_experts", "parse_data", "pick_best", "DATA_KINDS"]
 
 DATA_KINDS = ("synthsocial", "fairface", "utkface", "sispi", "celeba")
-BEST_MAP_DROP = 0.02  # best variant: mAP may drop at most this much ...
-BEST_ZERO_SHOT_DROP = 0.02  # ... and zero-shot accuracy at most 2 points
 N_REFERENCE_SYNTH = 1024
 SWEEP = (1, 2, 4, 6, 8)  # head counts of the neutral-prototype sweep (capped at the heads of the chosen layers)
 GALLERY_TOP = 10  # images per row of the retrieval gallery figure
@@ -62,19 +60,8 @@ def real_prompts() -> dict[str, list[str]]:
 def pick_best(baseline: dict, variants: dict, attribute: str) -> Optional[str]:
     """The variant with the lowest `{attribute}_ndkl` among those whose mAP drops ≤ 0.02 and zero-shot accuracy
     ≤ 2 points against the baseline (a metric the gallery does not have is not checked); None if none qualifies."""
-    key = f"{attribute}_ndkl"
-    best, best_value = None, None
-    for name, metrics in variants.items():
-        if key not in metrics:
-            continue
-        if "map" in metrics and baseline["map"] - metrics["map"] > BEST_MAP_DROP + 1e-12:
-            continue
-        if "zero_shot_accuracy" in metrics and \
-                baseline["zero_shot_accuracy"] - metrics["zero_shot_accuracy"] > BEST_ZERO_SHOT_DROP + 1e-12:
-            continue
-        if best_value is None or metrics[key] < best_value:
-            best, best_value = name, metrics[key]
-    return best
+    return lowest_within_budget(baseline, variants, f"{attribute}_ndkl",
+                                {"map": UTILITY_BUDGET, "zero_shot_accuracy": UTILITY_BUDGET})
 
 
 def _gallery_figure(result, gallery, attribute: str, names: dict, variant: str):

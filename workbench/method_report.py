@@ -12,12 +12,12 @@ the baseline is beyond noise), figures/NAME.html (plotly.js written once, as fig
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 
 __all__ = ["DATA_KINDS", "add_model_args", "parse_data", "load_real", "halves", "thumbnail", "markdown_table",
-           "write_figure", "write_tables", "model_ref"]
+           "write_figure", "write_tables", "model_ref", "lowest_within_budget", "UTILITY_BUDGET"]
 
 DATA_KINDS = ("synthsocial", "fairface", "utkface", "sispi", "celeba", "waterbirds")
 
@@ -110,6 +110,29 @@ def thumbnail(dataset, i: int, size: int = 96) -> torch.Tensor:
         shape = [max(1, round(s * size / max(x.shape[-2:]))) for s in x.shape[-2:]]
         x = torch.nn.functional.interpolate(x[None], size=shape, mode="bilinear", antialias=True)[0]
     return x.clamp(0, 1)
+
+
+UTILITY_BUDGET = 0.02  # a "best" variant may cost at most this much zero-shot accuracy (2 points) or mAP
+
+
+def lowest_within_budget(baseline: dict, variants: dict, key: Union[str, Callable[[dict], Optional[float]]],
+                         budgets: dict) -> Optional[str]:
+    """The variant with the lowest `key` (a metric name, or a function of a variant's metrics; None = no score)
+    among those whose metrics drop by at most `budgets[metric]` against `baseline` ({"zero_shot_accuracy": 0.02}:
+    a metric a variant or the baseline lacks is not checked); ties go to the first. None if none qualifies.
+    `variants`: {name: {metric: value}}."""
+    score = (lambda m: m.get(key)) if isinstance(key, str) else key
+    best, best_value = None, None
+    for name, metrics in variants.items():
+        value = score(metrics)
+        if value is None:
+            continue
+        if any(m in metrics and m in baseline and baseline[m] - metrics[m] > drop + 1e-12
+               for m, drop in budgets.items()):
+            continue
+        if best_value is None or value < best_value:
+            best, best_value = name, value
+    return best
 
 
 def markdown_table(frame, index_name: str = "variant") -> str:

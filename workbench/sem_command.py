@@ -25,7 +25,6 @@ from typing import Optional
 
 __all__ = ["run_sem", "pick_best", "vocabulary_prompts", "text_sae", "SPURIOUS_CLASSES"]
 
-BEST_ZERO_SHOT_DROP = 0.02
 SPURIOUS_CLASSES = ("kitchen", "field")  # SynthSocial test_spurious: the label "spurious" names these scenes
 SAE_NAME = "synthsocial/text-embed"
 
@@ -40,16 +39,9 @@ def vocabulary_prompts(model):
 def pick_best(baseline: dict, variants: dict, key: str) -> Optional[str]:
     """The variant with the lowest `key` among those whose zero-shot accuracy drops ≤ 2 points (not checked where
     the gallery has none); None if none qualifies or none has `key`."""
-    best, value = None, None
-    for name, metrics in variants.items():
-        if key not in metrics:
-            continue
-        if "zero_shot_accuracy" in metrics and \
-                baseline["zero_shot_accuracy"] - metrics["zero_shot_accuracy"] > BEST_ZERO_SHOT_DROP + 1e-12:
-            continue
-        if value is None or metrics[key] < value:
-            best, value = name, metrics[key]
-    return best
+    from workbench.method_report import UTILITY_BUDGET, lowest_within_budget
+
+    return lowest_within_budget(baseline, variants, key, {"zero_shot_accuracy": UTILITY_BUDGET})
 
 
 def text_sae(model, sae_arg, out: Path, prompts, seed: int, steps: int, progress: bool):
