@@ -26,3 +26,14 @@ def test_another_schema_and_a_damaged_file_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"the X checkpoint .*c\.safetensors cannot be read \(.*\); delete it and "
                                          r"retrain"):
         read_state(path, "y/v1", **KW)
+
+
+def test_check_same_run_names_the_first_different_setting():
+    from workbench.files import CheckpointMismatch, check_same_run
+
+    check_same_run({"lr": 0.001, "steps": [1, 2]}, {"steps": (1, 2), "lr": 0.001}, "x", "fix")  # JSON form: equal
+    with pytest.raises(CheckpointMismatch, match=r"the checkpoint c was written by a run with a different lr:\n"
+                                                 r"  stored:    0\.001\n  requested: 0\.01\nstart over"):
+        check_same_run({"lr": 0.001, "seed": 0}, {"lr": 0.01, "seed": 1}, "the checkpoint c", "start over")
+    with pytest.raises(CheckpointMismatch, match="different extra:\n  stored:    None\n  requested: 1"):
+        check_same_run({}, {"extra": 1}, "c", "")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 __all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "check_writable_dir", "write_state",
-           "read_state", "TMP_SUFFIX"]
+           "read_state", "check_same_run", "CheckpointMismatch", "TMP_SUFFIX"]
 
 PathLike = Union[str, os.PathLike]
 TMP_SUFFIX = ".tmp"  # temporary files are `.<name>.<random>.tmp` in the destination folder
@@ -117,3 +117,18 @@ def read_state(path: PathLike, schema: str, *, kind: str, what: str, remedy: str
         return json.loads(meta["run"]), json.loads(meta["state"]), tensors
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{what} {path} cannot be read ({e}); {remedy}") from None
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint belongs to a run with other settings than the one resuming from it."""
+
+
+def check_same_run(stored: dict, run: dict, source: str, remedy: str) -> None:
+    """Raise CheckpointMismatch naming the first setting (sorted by name) that differs between the `run` a checkpoint
+    was written by (`stored`, from `read_state`) and the `run` asking to resume; `run` is compared as its JSON form.
+    The message: "{source} was written by a run with a different {key}: stored ... requested ... {remedy}"."""
+    run = json.loads(json.dumps(run, sort_keys=True))
+    for key in sorted(set(stored) | set(run)):
+        if stored.get(key) != run.get(key):
+            raise CheckpointMismatch(f"{source} was written by a run with a different {key}:\n"
+                                     f"  stored:    {stored.get(key)!r}\n  requested: {run.get(key)!r}\n{remedy}")

@@ -12,7 +12,6 @@ records the run's settings (`run`); resuming a run with other settings is refuse
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -20,16 +19,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from workbench.files import read_state, write_state
+from workbench.files import CheckpointMismatch, check_same_run, read_state, write_state
 
 __all__ = ["fit", "save_checkpoint", "load_checkpoint", "latest_checkpoint", "CheckpointMismatch", "SCHEMA"]
 
 SCHEMA = "workbench.ntide_checkpoint/v1"
 _MODEL, _OPT, _RNG = "model/", "optimizer/", "rng/"
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint folder belongs to a run with other settings."""
 
 
 def _epoch_file(folder: Path, epoch: int) -> Path:
@@ -76,14 +71,9 @@ def load_checkpoint(path: Path, module: nn.Module, optimizer=None, scheduler=Non
     (epoch, history). Raises CheckpointMismatch naming the first setting that differs from `run`."""
     stored_run, state, tensors = _read(path)
     if run is not None:
-        run = json.loads(json.dumps(run, sort_keys=True))
-        for key in sorted(set(stored_run) | set(run)):
-            if stored_run.get(key) != run.get(key):
-                raise CheckpointMismatch(
-                    f"the checkpoint {path} was written by a run with a different {key}:\n"
-                    f"  stored:    {stored_run.get(key)!r}\n  requested: {run.get(key)!r}\n"
-                    "Use another output folder for this run, or run without --resume to start over (the old "
-                    "checkpoints are then replaced).")
+        check_same_run(stored_run, run, f"the checkpoint {path}",
+                       "Use another output folder for this run, or run without --resume to start over (the old "
+                       "checkpoints are then replaced).")
     module.load_state_dict({k[len(_MODEL):]: v for k, v in tensors.items() if k.startswith(_MODEL)})
     if optimizer is not None:
         device = next(module.parameters()).device

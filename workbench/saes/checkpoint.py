@@ -8,13 +8,12 @@ from it is refused.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from workbench.files import read_state, write_state
+from workbench.files import CheckpointMismatch, check_same_run, read_state, write_state
 
 __all__ = ["CHECKPOINT_FILE", "CheckpointMismatch", "save_checkpoint", "load_checkpoint", "read_run"]
 
@@ -22,10 +21,6 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 SCHEMA = "workbench.sae_checkpoint/v1"
 _SAE, _OPT, _TRAINER = "sae/", "optimizer/", "trainer/"
 _TRAINER_TENSORS = ("act_freq_scores", "n_forward_passes_since_fired")
-
-
-class CheckpointMismatch(ValueError):
-    """The checkpoint in checkpoint_dir belongs to a run with other settings."""
 
 
 def save_checkpoint(folder, trainer, run: dict) -> Path:
@@ -75,14 +70,9 @@ def load_checkpoint(folder, trainer, run: dict) -> bool:
     if not path.exists():
         return False
     stored_run, state, tensors = _read(path)
-    run = json.loads(json.dumps(run, sort_keys=True))
-    for key in sorted(set(stored_run) | set(run)):
-        if stored_run.get(key) != run.get(key):
-            raise CheckpointMismatch(
-                f"the checkpoint in {folder} was written by a run with a different {key}:\n"
-                f"  stored:    {stored_run.get(key)!r}\n  requested: {run.get(key)!r}\n"
-                "Use another checkpoint_dir for this run, or pass resume=False to start over (the old "
-                "checkpoint is then overwritten).")
+    check_same_run(stored_run, run, f"the checkpoint in {folder}",
+                   "Use another checkpoint_dir for this run, or pass resume=False to start over (the old "
+                   "checkpoint is then overwritten).")
     device = trainer.cfg.device
     sae_state = {k[len(_SAE):]: v for k, v in tensors.items() if k.startswith(_SAE)}
     trainer.sae.load_state_dict(sae_state)
