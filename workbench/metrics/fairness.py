@@ -161,6 +161,18 @@ def _result(values: np.ndarray, column: str, return_per_query: bool):
 # ----------------------------------------------------------------------------------------------
 
 
+def _relevant(relevant_mask: Any, n_items: int, n_queries: int | None = None) -> np.ndarray:
+    """Validated bool ``[n_queries, n_items]`` relevance mask (a 1-D mask is one query)."""
+    mask = _to_numpy(relevant_mask, "relevant_mask")
+    mask = mask[None, :] if mask.ndim == 1 else mask
+    expected = (mask.shape[0] if n_queries is None else n_queries, n_items)
+    if mask.shape != expected:
+        raise ValueError(f"relevant_mask has shape {mask.shape}; expected [n_queries, n_items] = {expected}")
+    if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
+        raise ValueError("relevant_mask must be boolean (or 0/1)")
+    return mask.astype(bool, copy=False)
+
+
 def _ndkl_one(seq: np.ndarray, q: np.ndarray) -> float:
     """NDKL of one ranked group sequence ``[m]`` against the target ``q`` ``[G]``."""
     i = np.arange(1, seq.size + 1, dtype=np.float64)
@@ -210,14 +222,7 @@ def ndkl(
         return _result(values, "ndkl", return_per_query)
 
     order = _ranking(similarity, ranking, g.size, None)
-    mask = _to_numpy(relevant_mask, "relevant_mask")
-    mask = mask[None, :] if mask.ndim == 1 else mask
-    if mask.shape != (order.shape[0], g.size):
-        raise ValueError(f"relevant_mask has shape {mask.shape}; expected [n_queries, n_items] = "
-                         f"{(order.shape[0], g.size)}")
-    if mask.dtype != bool and not np.isin(mask, (0, 1)).all():
-        raise ValueError("relevant_mask must be boolean (or 0/1)")
-    mask = mask.astype(bool, copy=False)
+    mask = _relevant(relevant_mask, g.size, order.shape[0])
     values = np.empty(order.shape[0])
     for qi, row in enumerate(order):
         kept = row[mask[qi, row]]  # the query's relevant items, still in ranking order
@@ -274,16 +279,7 @@ def ndkl_chance(
     """
     g, n_groups = _pool_groups(groups, n_groups, prior, "ndkl_chance")
     q = _target(prior, g, n_groups)
-    if relevant_mask is None:
-        masks = np.ones((1, g.size), dtype=bool)
-    else:
-        masks = _to_numpy(relevant_mask, "relevant_mask")
-        masks = masks[None, :] if masks.ndim == 1 else masks
-        if masks.ndim != 2 or masks.shape[1] != g.size:
-            raise ValueError(f"relevant_mask has shape {masks.shape}; expected [n_queries, n_items={g.size}]")
-        if masks.dtype != bool and not np.isin(masks, (0, 1)).all():
-            raise ValueError("relevant_mask must be boolean (or 0/1)")
-        masks = masks.astype(bool, copy=False)
+    masks = np.ones((1, g.size), dtype=bool) if relevant_mask is None else _relevant(relevant_mask, g.size)
     cache: dict[tuple, float] = {}  # queries with the same class counts share one value
     values = np.empty(masks.shape[0])
     for qi, mask in enumerate(masks):
