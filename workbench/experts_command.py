@@ -100,17 +100,15 @@ def _confirm(model, intervention, name: str, gallery, seed: int, target, groups,
             "beyond_noise": compare["beyond_noise"], "chance": result.chance.get(key), **result.cut(name, key)}
 
 
-def _selection_of(name: str, finding) -> str:
-    """Which selection a variant's heads come from, for its spec's provenance ("single_head" for head_L…H…)."""
+def _selection_of(name: str) -> str:
+    """Which selection a variant's heads come from, for its spec's provenance ("single_head" for head_L…H…). Every
+    other variant name of `expert_variants` starts with its selection's tag: "ap_…" (probe AP: top k, above a
+    threshold) or "attribution_…"; expert neurons live in the probe-AP experts; intersectional names hold "_ap_"."""
     if name.startswith("head_"):
         return "single_head"
-    if name.startswith("neurons_"):
-        return "probe_ap"  # expert neurons live in the probe-AP experts
     if name.startswith("intersectional_"):
         return "probe_ap" if "_ap_" in name else "bias_attribution"
-    if name.startswith("ap_top") or name.startswith("attribution_top"):  # the selections and the head-count sweep
-        return "probe_ap" if name.startswith("ap_") else "bias_attribution"
-    return next(s for s in ("probe_ap", "bias_attribution") if name.startswith(finding.selection_tag(s) + "_"))
+    return "probe_ap" if name.startswith(("ap_", "neurons_")) else "bias_attribution"
 
 
 def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrained: Optional[str] = None,
@@ -174,7 +172,7 @@ def run_experts(out_dir, *, model=None, model_name: str = "synthsocial", pretrai
     specs = out / "specs"
     specs.mkdir(exist_ok=True)
     for name, iv in variants.items():
-        variant_spec(model, name, iv, finding, selection=_selection_of(name, finding)).save(specs / f"{name}.json")
+        variant_spec(model, name, iv, finding, selection=_selection_of(name)).save(specs / f"{name}.json")
 
     table = result.table
     metrics = {v: dict(zip(g["metric"], g["value"])) for v, g in table.groupby("variant", sort=False)}
